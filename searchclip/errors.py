@@ -31,3 +31,8 @@ class IndexBusyError(SearchclipError):
 
 class ImageError(SearchclipError):
     """An image that cannot be read or decoded."""
+
+    def __init__(self, path: object, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

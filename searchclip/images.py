@@ -6,6 +6,7 @@ animations and multi-page files, and pictures too large to decode safely.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -54,15 +55,17 @@ def open_picture(
     path: str | os.PathLike,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     draft_size: int | None = None,
+    data: bytes | None = None,
 ) -> Picture:
     """Decode an image file into an upright RGB picture.
 
     Args:
-        path: the file to read.
+        path: the file to read, or only its name for messages when `data` is given.
         max_megapixels: larger pictures raise `ImageError` before decoding.
         draft_size: when set, JPEG files are decoded at the smallest
             power-of-two reduction whose shorter side stays at least this
             many pixels, which is several times faster for large photos.
+        data: the file's bytes, already read by the caller.
 
     Raises:
         ImageError: the file is missing, unreadable, not an image, truncated
@@ -74,22 +77,22 @@ def open_picture(
             # Pillow warns about odd-but-readable files (EXIF, palettes);
             # such files are still indexed, so the warnings are noise.
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                return _decode(image, max_megapixels, draft_size)
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
+                return _decode(image, path, max_megapixels, draft_size)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
+        raise ImageError(path, "file not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
+        raise ImageError(path, "is a folder, not an image") from None
     except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
+        raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
+        raise ImageError(path, "not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         # Pillow reports truncated and corrupt data as OSError or SyntaxError.
         reason = str(error) or type(error).__name__
-        raise ImageError(f"{path}: corrupt or truncated image ({reason})") from None
+        raise ImageError(path, f"corrupt or truncated image ({reason})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -113,14 +116,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _decode(image: Image.Image, max_megapixels: float, draft_size: int | None) -> Picture:
+def _decode(image: Image.Image, path: Path, max_megapixels: float, draft_size: int | None) -> Picture:
     file_format = image.format or "UNKNOWN"
     width, height = image.size
     megapixels = width * height / 1e6
     if megapixels > max_megapixels:
         raise ImageError(
-            f"{image.filename}: {width}x{height} is {megapixels:.0f} megapixels, over the "
-            f"limit of {max_megapixels:g}; raise --max-megapixels to read it"
+            path,
+            f"{width}x{height} is {megapixels:.0f} megapixels, over the limit of "
+            f"{max_megapixels:g}; raise --max-megapixels to read it",
         )
 
     # Multi-frame files (GIF, TIFF, ICO) open on their first frame already;

@@ -61,7 +61,14 @@ class ClipModel:
 
     def __init__(self, model_id: str, folder_or_id: str, device: str, local_only: bool):
         import torch
-        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+        from transformers import CLIPModel, CLIPTokenizerFast
+
+        try:
+            # transformers 5 names the Pillow-based processor explicitly; its
+            # plain name warns that torchvision is missing and falls back to it.
+            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+        except ImportError:
+            from transformers import CLIPImageProcessor
 
         self.model_id = model_id
         self.device = device
@@ -187,6 +194,7 @@ def _load_cached(name: str, device: str) -> ClipModel:
             local_only = False
 
     log.info("loading model %s on %s", model_id, device)
+    _quiet_transformers()
     try:
         return ClipModel(model_id, source, device, local_only=local_only)
     except (OSError, ValueError, KeyError) as error:
@@ -196,6 +204,15 @@ def _load_cached(name: str, device: str) -> ClipModel:
                 "point --model at a folder written by CLIPModel.save_pretrained"
             ) from None
         raise ModelError(f"model {model_id!r} could not be loaded: {_first_line(error)}") from None
+
+
+def _quiet_transformers() -> None:
+    # Weight-loading progress bars and advice about optional packages would
+    # mix into searchclip's own output; real failures still raise.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def _is_cached(model_id: str) -> bool:
@@ -285,3 +302,25 @@ def _normalise(rows: np.ndarray) -> np.ndarray:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def load_model_for_index(index_model_id: str, index_fingerprint: str, requested: str | None, device: str | None) -> ClipModel:
+    """Load the model an index was built with, checking any `--model` the user gave.
+
+    Raises:
+        ModelError: the requested model, or the weights found under the
+            index's model id, differ from those the index was built with.
+    """
+    if requested is not None and resolve_model_id(requested) != index_model_id:
+        raise ModelError(
+            f"this index was built with model {index_model_id!r}, not {requested!r}; "
+            f"drop --model or pass --model {index_model_id}, or use another --index"
+        )
+    model = load_model(index_model_id, device)
+    if model.fingerprint != index_fingerprint:
+        raise ModelError(
+            f"the weights of model {index_model_id!r} changed since this index was built "
+            f"(fingerprint {model.fingerprint}, index has {index_fingerprint}); "
+            "re-index into a new --index folder"
+        )
+    return model
