@@ -113,6 +113,11 @@ def index_command(
     max_megapixels: float = MegapixelsOption,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Threads that read and decode files. Default: one per CPU.", show_default=False),
+    commit_every: int = typer.Option(
+        256, "--commit-every", min=1,
+        help="Fewest images embedded between two crash-safe commits; an interrupted run redoes at most one "
+        "commit. Commits are also spaced so that rewriting the vectors file takes under a tenth of the run.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors; no progress, warnings or summary."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log moves, model loading and commits."),
 ) -> None:
@@ -140,7 +145,7 @@ def index_command(
         report = index_paths(
             [str(p) for p in paths or []], folder, model=model, device=device, exclude=exclude or [],
             include_hidden=include_hidden, max_megapixels=max_megapixels, batch_size=batch_size,
-            workers=workers, progress=progress,
+            workers=workers, commit_size=commit_every, progress=progress,
         )
     finally:
         progress.close()

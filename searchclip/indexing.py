@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 # Images embedded between two commits, at least. Each commit rewrites the
-# whole FAISS file, so commits are also spaced to keep that write under about
-# a tenth of the run time (see `_Committer`). A crash re-does at most one commit.
+# whole FAISS file, so once that takes SLOW_WRITE_SECONDS or more, commits are
+# also spaced to keep writing under a tenth of the run time. A crash re-does
+# at most one commit.
 DEFAULT_COMMIT_SIZE = 256
+SLOW_WRITE_SECONDS = 1.0
 
 
 @dataclass
@@ -332,6 +334,9 @@ class _Committer:
     def _maybe_flush(self) -> None:
         if len(self.added) < self.commit_size:
             return
-        if time.monotonic() - self.last_commit < 10 * self.last_write_seconds:
+        # Large indexes take seconds to rewrite; space their commits so that
+        # writing stays under a tenth of the run. Small ones commit on count.
+        slow_write = self.last_write_seconds >= SLOW_WRITE_SECONDS
+        if slow_write and time.monotonic() - self.last_commit < 10 * self.last_write_seconds:
             return
         self.flush()
