@@ -58,3 +58,24 @@ def run_searchclip(*args: str, cwd: Path | None = None, env: dict | None = None,
         [sys.executable, "-m", "searchclip", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+class Invocation:
+    """Outcome of `invoke`, shaped like `subprocess.CompletedProcess`."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+def invoke(*args: str, env: dict | None = None) -> Invocation:
+    """Run the `searchclip` command in this process: fast, since loaded models are reused."""
+    from typer.testing import CliRunner
+
+    from searchclip.cli import app
+
+    result = CliRunner().invoke(app, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Invocation(result.exit_code, result.stdout, result.stderr)
