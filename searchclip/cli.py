@@ -69,7 +69,11 @@ def user_errors(command: Callable) -> Callable:
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Send library logs to stderr: warnings by default, info with -v, errors only with --quiet."""
-    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.ERROR
+    elif verbose:
+        level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger("searchclip")

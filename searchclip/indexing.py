@@ -171,9 +171,9 @@ class _Run:
 
         self._read_all(to_read, workers, progress)
         self._embed_batch()
-        gone = [record.id for records in self.vanished.values() for record in records]
-        self.report.removed += len(gone)
-        self.committer.remove(gone)
+        deleted = [record.id for records in self.vanished.values() for record in records]
+        self.report.removed += len(deleted)
+        self.committer.remove(deleted)
         self.committer.flush()
 
     def _read_all(self, to_read, workers: int, progress: ProgressCallback | None) -> None:

@@ -42,7 +42,7 @@ HUB_CONNECT_TIMEOUT = 3.0
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How pictures are resized, cropped and normalised for the vision tower."""
+    """Resize, crop and normalisation settings of the vision tower's input."""
 
     shortest_edge: int
     crop_height: int
