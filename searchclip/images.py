@@ -97,7 +97,7 @@ def open_picture(
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert a picture of any Pillow mode to RGB, compositing transparency on white."""
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _high_depth_to_rgb(image)
@@ -107,7 +107,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA" if has_alpha else "RGB")
     elif image.mode in ("LA", "La", "PA", "RGBa"):
         image = image.convert("RGBA")
-    elif image.mode in ("L", "1") and "transparency" in image.info:
+    elif image.mode in ("L", "1", "RGB") and "transparency" in image.info:
+        # A PNG tRNS chunk makes every pixel of one key value transparent.
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         background = Image.new("RGB", image.size, WHITE)
@@ -123,7 +124,7 @@ def _decode(image: Image.Image, path: Path, max_megapixels: float, draft_size: i
     if megapixels > max_megapixels:
         raise ImageError(
             path,
-            f"{width}x{height} is {megapixels:.0f} megapixels, over the limit of "
+            f"{width}x{height} is {_megapixels_text(megapixels)} megapixels, over the limit of "
             f"{max_megapixels:g}; raise --max-megapixels to read it",
         )
 
@@ -138,6 +139,11 @@ def _decode(image: Image.Image, path: Path, max_megapixels: float, draft_size: i
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return Picture(image=to_rgb(upright), width=width, height=height, format=file_format)
+
+
+def _megapixels_text(megapixels: float) -> str:
+    # Whole numbers would print 1.2 MP as 1, which reads as within a limit of 1.
+    return f"{megapixels:.1f}" if megapixels >= 1 else f"{megapixels:.2g}"
 
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
