@@ -1,8 +1,9 @@
 """Bad files and folders never stop indexing: each is skipped with one warning line.
 
 Each kind of bad input is indexed through the Python API next to a good file.
-One run of the real command over a folder holding every kind at once checks
-what a user sees: one warning line per skipped file, the summary and the exit code.
+One run of the real command over a folder that contains every kind at once
+checks the output a user gets: one warning line per skipped file, the summary
+and the exit code.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def indexed_paths(index_dir: Path) -> set[str]:
 
 
 def skipped_reasons(report: IndexReport) -> dict[str, list[str]]:
-    """Map each skipped path to its reasons; a path skipped twice has two."""
+    """Map each skipped path to its reasons. A path skipped twice has two."""
     reasons: dict[str, list[str]] = {}
     for skipped in report.skipped:
         reasons.setdefault(skipped.path, []).append(skipped.reason)
@@ -88,7 +89,7 @@ def write_random(path: Path, size: int = 4096) -> Path:
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    """A photo folder holding one good picture, `good.jpg`."""
+    """A photo folder that contains one good picture, `good.jpg`."""
     make_photo(tmp_path / "photos" / "good.jpg", "green")
     return tmp_path / "photos"
 
@@ -143,7 +144,7 @@ def test_corrupt_jpeg_body(folder, index_dir, tiny_model):
 
     report = index_folder(folder, index_dir, tiny_model)
 
-    # libjpeg may decode a scrambled scan to noise or reject it; either way the run goes on.
+    # libjpeg may decode a scrambled scan to noise or reject it, and either way the run goes on.
     assert report.indexed + len(report.skipped) == 2
     assert list(skipped_reasons(report)) in ([], [str(path)])
     assert str(folder / "good.jpg") in indexed_paths(index_dir)
@@ -212,7 +213,8 @@ def test_decompression_bomb(folder, index_dir, tiny_model):
     report = index_folder(folder, index_dir, tiny_model)
 
     assert report.indexed == 1
-    # The limit is checked on the header: decoding would report truncated data instead.
+    # Decoding this file would fail as truncated, so a megapixel reason shows that
+    # the limit was checked on the header alone.
     assert_only_skipped(report, bomb, "100000x100000 is 10000.0 megapixels")
     reason = report.skipped[0].reason
     assert "limit of 150" in reason
@@ -346,7 +348,7 @@ def test_one_warning_per_skip(folder, index_dir, tiny_model, caplog):
     write_random(folder / "noise.jpg")
     write_bomb(folder / "bomb.png")
 
-    # A handler on the logger itself sees its records even where the command
+    # A handler on the logger itself receives its records even where the command
     # line, run in this process by another test, stopped their propagation.
     collect = _Collect()
     logger = logging.getLogger("searchclip.indexing")
@@ -364,12 +366,13 @@ def test_one_warning_per_skip(folder, index_dir, tiny_model, caplog):
         assert lines == [f"skipped {skipped.path}: {skipped.reason}"]
 
 
-# --- the real command over a folder holding every kind of bad input -----------------
+# --- the real command over a folder that contains every kind of bad input -----------
 
-# As root, file modes stop nobody. The command then runs as root without the
-# capabilities that bypass them (CAP_DAC_OVERRIDE=1, CAP_DAC_READ_SEARCH=2),
+# Mode 000 does not stop root from reading. The command then runs as root without
+# the capabilities that bypass file modes (CAP_DAC_OVERRIDE=1, CAP_DAC_READ_SEARCH=2),
 # so the kernel checks mode 000 as it would for any user. Dropping them from
-# the bounding set before exec keeps them dropped in the new program.
+# the bounding set before exec keeps them out of the new program unless the
+# inheritable set contains them, so `command_run` probes whether a read fails.
 DROP_FILE_OVERRIDES = """
 import ctypes, os, sys
 PR_CAPBSET_DROP = 24
@@ -496,8 +499,8 @@ def test_command_summary(command_run):
     match = SUMMARY.fullmatch(last)
     assert match, f"last line {last!r}"
     indexed, copies, unchanged, moved, _removed, skipped = map(int, match.groups())
-    # New: two words, café, line break and the PNG named .jpg; unreadable.jpg too
-    # where file modes cannot stop the command.
+    # The new files are two words, café, line break and the PNG named .jpg, plus
+    # unreadable.jpg where file modes cannot stop the command.
     assert indexed == 4 + (0 if command_run.modes_enforced else 1)
     assert copies == 0
     assert moved == 0
