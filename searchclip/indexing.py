@@ -158,7 +158,7 @@ class _Run:
             for record in self.index.records_under(root):
                 known[record.path] = record
         for path, record in known.items():
-            if path not in found and not os.path.lexists(path):
+            if path not in found and _is_deleted(path):
                 self.vanished[record.content_hash].append(record)
 
         to_read: list[tuple[FoundFile, ImageRecord | None]] = []
@@ -295,6 +295,18 @@ class _Run:
     def _skip(self, path: str, reason: str) -> None:
         self.report.skipped.append(Skipped(path, reason))
         log.warning("skipped %s: %s", display_path(path), reason)
+
+
+def _is_deleted(path: str) -> bool:
+    # Only a file that is really gone counts as deleted: one under a folder
+    # that cannot be listed right now keeps its row, vector and labels.
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class _Committer:

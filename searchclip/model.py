@@ -102,6 +102,7 @@ class ClipModel:
         processor's resampling filter, centre crop, scale to [0, 1], normalise.
         """
         p = self.preprocessing
+        image = _trim_extreme_aspect(image, p)
         width, height = image.size
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = p.shortest_edge, int(p.shortest_edge * long / short)
@@ -159,6 +160,26 @@ class ClipModel:
         prompts = [template.format(label) for label in labels for template in templates]
         per_prompt = self.embed_texts(prompts).reshape(len(labels), len(templates), self.dimension)
         return _normalise(per_prompt.mean(axis=1))
+
+
+# Pictures longer than this many times their width (or the reverse) are cut
+# to their centre before resizing; see `_trim_extreme_aspect`.
+MAX_ASPECT_RATIO = 4.0
+
+
+def _trim_extreme_aspect(image: Image.Image, p: Preprocessing) -> Image.Image:
+    # Resizing the shorter side of a 1x100000 strip to 224 px would make the
+    # long side 22 million pixels. Only the centre survives the crop anyway,
+    # so keep the centre plus a margin for the resampling filter; ordinary
+    # aspect ratios are left alone and match CLIPImageProcessor exactly.
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    if long <= MAX_ASPECT_RATIO * short:
+        return image
+    keep = min(long, int(short * MAX_ASPECT_RATIO))
+    start = (long - keep) // 2
+    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+    return image.crop(box)
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str | None = None) -> ClipModel:

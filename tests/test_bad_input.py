@@ -528,7 +528,6 @@ def test_command_unreadable_file(command_run):
     assert str(command_run.folder / "locked.jpg") in paths
 
 
-@pytest.mark.xfail(strict=True, reason="files under a folder that cannot be listed count as deleted")
 def test_command_unlistable_folder(command_run):
     if not command_run.modes_enforced:
         pytest.skip("file mode 000 does not stop reading here, even without root's overrides")

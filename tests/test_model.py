@@ -125,3 +125,10 @@ def test_fingerprint_changes_with_weights(tmp_path, tiny_model):
     other = build_tiny_clip(tmp_path / "other", seed=1)
     assert load_model(tiny_model).fingerprint != load_model(str(other)).fingerprint
     assert load_model(tiny_model).fingerprint == load_model(tiny_model).fingerprint
+
+
+def test_extreme_aspect_ratio_stays_small(tiny_model):
+    model = load_model(tiny_model)
+    for size in ((200_000, 1), (2, 90_000)):
+        pixels = model.preprocess(Image.new("RGB", size, (200, 10, 10)))
+        assert pixels.shape == (3, 32, 32)
