@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -47,6 +48,9 @@ TemplateOption = typer.Option(
 
 def main() -> None:
     """Entry point of the console script."""
+    # Die quietly like other Unix tools when a pipe reader such as `head`
+    # exits early, instead of reporting a broken pipe.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
 
 
@@ -92,7 +96,7 @@ class _Formatter(logging.Formatter):
 
 
 def resolve_index(index: Optional[Path]) -> Path:
-    return index if index is not None else default_index_dir()
+    return index.expanduser() if index is not None else default_index_dir()
 
 
 @app.callback(invoke_without_command=True)

@@ -13,6 +13,7 @@ import concurrent.futures
 import hashlib
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from .errors import ImageError, UsageError
 from .images import DEFAULT_MAX_MEGAPIXELS, open_picture
 from .model import DEFAULT_MODEL, ClipModel, load_model, load_model_for_index
 from .storage import ImageRecord, Index, IndexInfo, NewImage, now
-from .walking import FoundFile, Skipped, display_path, walk
+from .walking import FoundFile, Skipped, display_path, resolve_root, walk
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,16 @@ def index_paths(
         UsageError: a path does not exist, or there is nothing to index.
         ModelError, InvalidIndexError, IndexBusyError: see `storage` and `model`.
     """
-    index_dir = Path(index_dir)
-    roots = [os.path.abspath(p) for p in paths]
-    missing = [p for p in roots if not os.path.lexists(p)]
+    index_dir = Path(index_dir).expanduser()
+    missing = [str(p) for p in paths if not os.path.lexists(os.path.expanduser(p))]
     if missing:
         raise UsageError(f"path not found: {display_path(missing[0])}; check the folder or file name")
+    roots = [resolve_root(p) for p in paths]
+    if not roots and not Index.exists(index_dir):
+        raise UsageError("no folders to index; give one or more: searchclip index PHOTO_FOLDER")
+    if max_megapixels != max_megapixels or max_megapixels <= 0:  # NaN compares unequal to itself
+        raise UsageError(f"--max-megapixels {max_megapixels}: must be a positive number of megapixels")
+    Index.check_not_busy(index_dir)
 
     clip, create_with = _model_and_info(index_dir, model, device)
     with Index.open_for_writing(index_dir, create_with=create_with) as index:
@@ -142,6 +148,7 @@ class _Run:
         # so byte-identical files are embedded once.
         self.waiting: dict[str, list[NewImage]] = {}
         self.batch: list[tuple[str, np.ndarray]] = []
+        self.embedded: dict[str, np.ndarray] = {}
         # Read by worker threads, which must not query SQLite themselves.
         self.known_hashes = index.content_hashes()
 
@@ -164,7 +171,7 @@ class _Run:
         to_read: list[tuple[FoundFile, ImageRecord | None]] = []
         for path, file in found.items():
             record = known.get(path)
-            if record is not None and record.size == file.size and record.mtime == file.mtime:
+            if record is not None and (record.size, record.mtime, record.inode) == (file.size, file.mtime, file.inode):
                 self.report.unchanged += 1
             else:
                 to_read.append((file, record))
@@ -207,6 +214,9 @@ class _Run:
         try:
             with open(file.path, "rb") as handle:
                 data = handle.read()
+        except FileNotFoundError:
+            result.error = "file was removed during the run"
+            return result
         except OSError as error:
             result.error = f"cannot read file ({error.strerror})"
             return result
@@ -234,7 +244,7 @@ class _Run:
             self._skip(file.path, read.error)
             return
         if old is not None and old.content_hash == read.content_hash:
-            self.index.touch(old.id, file.size, file.mtime)
+            self.index.touch(old.id, file.size, file.mtime, file.inode)
             self.report.unchanged += 1
             return
 
@@ -248,17 +258,24 @@ class _Run:
                 # The file moved onto an indexed path: drop that path's row first.
                 self.committer.remove(removed)
                 self.committer.flush()
-            self.index.move(record.id, file.path, file.size, file.mtime)
+            self.index.move(record.id, file.path, file.size, file.mtime, file.inode)
             self.report.moved += 1
             log.debug("moved %s -> %s", display_path(record.path), display_path(file.path))
             return
 
-        new = NewImage(file.path, file.size, file.mtime, read.content_hash, read.width, read.height, read.format, vector=None)
+        new = NewImage(file.path, file.size, file.mtime, read.content_hash, read.width, read.height, read.format,
+                       vector=None, inode=file.inode)
         existing = self.index.records_by_hash(read.content_hash)
         if existing:
             source = existing[0]
             new.width, new.height, new.format = source.width, source.height, source.format
             new.vector = self.index.vector(source.id)
+            self.report.copied += 1
+            self.committer.add(new, removed)
+            return
+        if read.content_hash in self.embedded:
+            # Embedded earlier in this run but not committed yet.
+            new.vector = self.embedded[read.content_hash]
             self.report.copied += 1
             self.committer.add(new, removed)
             return
@@ -288,6 +305,7 @@ class _Run:
         vectors = self.clip.embed_pixels(np.stack([pixels for _, pixels in self.batch]))
         self.batch = []
         for content_hash, vector in zip(hashes, vectors):
+            self.embedded[content_hash] = vector
             for image in self.waiting.pop(content_hash):
                 image.vector = vector
                 self.committer.add(image)
@@ -298,15 +316,16 @@ class _Run:
 
 
 def _is_deleted(path: str) -> bool:
-    # Only a file that is really gone counts as deleted: one under a folder
-    # that cannot be listed right now keeps its row, vector and labels.
+    # A file that is gone, or replaced by a folder, counts as deleted. One
+    # under a folder that cannot be listed right now keeps its row, vector
+    # and labels, and so does one whose name this locale cannot encode.
     try:
-        os.lstat(path)
+        info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return True
-    except OSError:
+    except (OSError, UnicodeEncodeError):
         return False
-    return False
+    return not stat.S_ISREG(info.st_mode)
 
 
 class _Committer:

@@ -13,7 +13,7 @@ import numpy as np
 from .errors import UsageError
 from .images import DEFAULT_MAX_MEGAPIXELS, open_picture
 from .model import DEFAULT_TEMPLATES, ClipModel, load_model_for_index
-from .storage import READY, Index, now
+from .storage import READY, Index, now, transaction
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,10 @@ def read_labels_file(path: str | os.PathLike) -> list[str]:
     """Read labels from a file, one a line; blank lines and `#` comments are ignored."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--labels-file {path}: cannot read it ({error}); give a UTF-8 text file, one label a line") from None
+    except OSError as error:
+        raise UsageError(f"--labels-file {path}: cannot read it ({error.strerror}); give a text file, one label a line") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--labels-file {path}: not UTF-8 text; save it as UTF-8, one label a line") from None
     return list(dict.fromkeys(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")))
 
 
@@ -118,8 +120,8 @@ def label_index(
                 rows.append((image_id, labels[j], float(row[j]), label_set, stamp))
                 counts[labels[j]] += 1
 
-        with index.db.conn:
-            index.db.execute("delete from labels where label_set = ?", [label_set])
+        with transaction(index.db):
+            index.db.conn.execute("delete from labels where label_set = ?", [label_set])
             index.db.conn.executemany(
                 "insert into labels (image_id, label, probability, label_set, labelled_at) values (?, ?, ?, ?, ?)", rows
             )

@@ -157,7 +157,8 @@ class ClipModel:
 
         A template is a string with one `{}` where the label goes.
         """
-        prompts = [template.format(label) for label in labels for template in templates]
+        # str.replace, not str.format: other braces in a template stay literal.
+        prompts = [template.replace("{}", label, 1) for label in labels for template in templates]
         per_prompt = self.embed_texts(prompts).reshape(len(labels), len(templates), self.dimension)
         return _normalise(per_prompt.mean(axis=1))
 
@@ -193,11 +194,21 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None) -> ClipMode
 
 
 def resolve_model_id(name: str) -> str:
-    """Return the id an index records for a model name: `demo`, an absolute folder or a hub id."""
+    """Return the id an index records for a model name: `demo`, an absolute folder or a hub id.
+
+    Raises:
+        ModelError: the name is empty, or looks like a path to a missing folder.
+    """
+    if not name or not name.strip():
+        raise ModelError(f"--model is empty; give a Hugging Face CLIP id, a model folder, or {DEMO_MODEL}")
     if name == DEMO_MODEL:
         return DEMO_MODEL
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve())
+    # Hub ids look like `owner/name`; anything else with a path shape is a folder.
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or folder.exists():
+        raise ModelError(f"model folder {name} not found; give a folder written by save_pretrained, or --model {DEMO_MODEL}")
     return name
 
 
@@ -241,7 +252,10 @@ def _is_cached(model_id: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
-    found = try_to_load_from_cache(model_id, "config.json")
+    try:
+        found = try_to_load_from_cache(model_id, "config.json")
+    except ValueError:  # not a valid hub id, so it cannot be cached either
+        return False
     return isinstance(found, str)
 
 
@@ -266,11 +280,15 @@ def _check_hub_reachable(model_id: str) -> None:
 def _resolve_device(device: str | None) -> str:
     import torch
 
+    from .errors import UsageError
+
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import UsageError
-
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device}: not a torch device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return device
 

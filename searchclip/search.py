@@ -135,6 +135,8 @@ class Searcher:
         """Return the `k` images nearest to a unit query vector, after filters."""
         if k < 1:
             raise UsageError(f"-k {k}: must be 1 or more")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:
+            raise UsageError(f"--min-score {min_score}: must be a cosine similarity between -1 and 1")
         allowed = self._allowed_ids(under, label)
         if allowed is not None and len(allowed) == 0:
             return []
@@ -143,7 +145,10 @@ class Searcher:
         # enough extra neighbours that dropping them still leaves k.
         extra = max(0, self.index.vectors.ntotal - self.index.count())
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed)) if allowed is not None else None
-        scores, ids = self.index.vectors.search(vector.reshape(1, -1).astype(np.float32), k + extra, params=params)
+        wanted = min(k + extra, self.index.vectors.ntotal)
+        if wanted == 0:
+            return []
+        scores, ids = self.index.vectors.search(vector.reshape(1, -1).astype(np.float32), wanted, params=params)
 
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         records = self.index.records(i for i, _ in found)
@@ -162,14 +167,23 @@ class Searcher:
     def _allowed_ids(self, under: str | os.PathLike | None, label: str | None) -> np.ndarray | None:
         allowed: set[int] | None = None
         if under is not None:
-            folder = os.path.abspath(under)
+            folder = os.path.realpath(os.path.expanduser(under))
             allowed = {record.id for record in self.index.records_under(folder)}
+            if not allowed and not os.path.isdir(folder):
+                raise UsageError(f"--under {under}: folder not found, and no indexed image lies under it")
         if label is not None:
-            labelled = {row[0] for row in self.index.db.execute("select image_id from labels where label = ?", [label])}
-            if not labelled and not self.index.db.execute("select 1 from labels limit 1").fetchone():
-                raise UsageError(
-                    f"--label {label!r}: this index has no labels yet; run: searchclip label --labels ... --index {self.index.folder}"
-                )
+            conn = self.index.db.conn
+            labelled = {row[0] for row in conn.execute("select image_id from labels where label = ?", [label])}
+            if not labelled:
+                # A label that was offered but won no image is an empty result, not an error.
+                offered = {name for (label_set,) in conn.execute("select distinct label_set from labels") for name in label_set.split(",")}
+                if not offered:
+                    raise UsageError(
+                        f"--label {label!r}: this index has no labels yet; run: searchclip label --labels ... --index {self.index.folder}"
+                    )
+                if label not in offered:
+                    known = ", ".join(sorted(offered)[:20])
+                    raise UsageError(f"--label {label!r}: not among the stored labels ({known}); run searchclip label with it first")
             allowed = labelled if allowed is None else allowed & labelled
         return None if allowed is None else np.fromiter(sorted(allowed), dtype=np.int64)
 

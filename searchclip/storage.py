@@ -23,6 +23,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -71,6 +72,7 @@ class ImageRecord:
     height: int
     format: str
     indexed_at: str
+    inode: int
 
 
 @dataclass
@@ -84,12 +86,14 @@ class NewImage:
     width: int
     height: int
     format: str
-    vector: np.ndarray
+    vector: np.ndarray | None
+    inode: int = 0
 
 
 def default_index_dir() -> Path:
     """Return `$SEARCHCLIP_INDEX`, else `indexes/default` under the current folder."""
-    return Path(os.environ.get(INDEX_ENV) or Path("indexes") / "default")
+    value = os.environ.get(INDEX_ENV, "").strip()
+    return Path(value).expanduser() if value else Path("indexes") / "default"
 
 
 def now() -> str:
@@ -119,6 +123,17 @@ class Index:
         return (Path(folder) / METADATA_FILE).is_file()
 
     @classmethod
+    def check_not_busy(cls, folder: str | os.PathLike) -> None:
+        """Raise `IndexBusyError` now if another process writes to the index.
+
+        Lets a writer fail before seconds of model loading; the lock itself
+        is taken later by `open_for_writing`.
+        """
+        folder = Path(folder)
+        if (folder / WRITE_LOCK_FILE).exists():
+            os.close(_acquire_write_lock(folder))
+
+    @classmethod
     def open(cls, folder: str | os.PathLike, check: bool = True) -> "Index":
         """Open an existing index for reading.
 
@@ -127,11 +142,12 @@ class Index:
                 stores that disagree (then `searchclip repair` fixes it).
         """
         folder = Path(folder)
+        _check_folder(folder)
         if not cls.exists(folder):
             raise InvalidIndexError(
                 f"no index at {folder}; create one with: searchclip index PHOTO_FOLDER --index {folder}"
             )
-        db = _connect(folder / METADATA_FILE)
+        db = _connect(folder / METADATA_FILE, read_only=True)
         _check_schema(db, folder)
         with _locked(folder / COMMIT_LOCK_FILE, fcntl.LOCK_SH):
             vectors = _read_vectors(folder, _info(db).dimension)
@@ -154,9 +170,13 @@ class Index:
             IndexBusyError: another process is writing to the index.
         """
         folder = Path(folder)
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"--index {folder}: is a file, not a folder; choose a folder path")
-        folder.mkdir(parents=True, exist_ok=True)
+        _check_folder(folder)
+        if create_with is None and not cls.exists(folder):
+            raise InvalidIndexError(f"no index at {folder}; create one with: searchclip index PHOTO_FOLDER --index {folder}")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"index folder {folder} cannot be created ({error.strerror}); choose another --index") from None
         lock = _acquire_write_lock(folder)
         try:
             if not cls.exists(folder):
@@ -194,7 +214,7 @@ class Index:
 
     def count(self) -> int:
         """Number of searchable images."""
-        return self.db.execute("select count(*) from images where state = ?", [READY]).fetchone()[0]
+        return self.db.conn.execute("select count(*) from images where state = ?", [READY]).fetchone()[0]
 
     def records(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         """Return the ready rows of the given ids, by id."""
@@ -203,7 +223,7 @@ class Index:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(
+            for row in self.db.conn.execute(
                 f"select {_RECORD_COLUMNS} from images where state = ? and id in ({marks})", [READY, *chunk]
             ):
                 found[row[0]] = ImageRecord(*row)
@@ -213,22 +233,22 @@ class Index:
         """Yield ready rows whose path lies under `folder` (an absolute path)."""
         prefix = folder.rstrip(os.sep) + os.sep
         sql = f"select {_RECORD_COLUMNS} from images where state = ? and (path = ? or substr(path, 1, ?) = ?)"
-        for row in self.db.execute(sql, [READY, folder, len(prefix), prefix]):
+        for row in self.db.conn.execute(sql, [READY, folder, len(prefix), prefix]):
             yield ImageRecord(*row)
 
     def record_by_path(self, path: str) -> ImageRecord | None:
         """Return the ready row of an absolute path, if any."""
-        row = self.db.execute(f"select {_RECORD_COLUMNS} from images where state = ? and path = ?", [READY, path]).fetchone()
+        row = self.db.conn.execute(f"select {_RECORD_COLUMNS} from images where state = ? and path = ?", [READY, path]).fetchone()
         return ImageRecord(*row) if row else None
 
     def records_by_hash(self, content_hash: str) -> list[ImageRecord]:
         """Return the ready rows with this content hash."""
         sql = f"select {_RECORD_COLUMNS} from images where state = ? and content_hash = ?"
-        return [ImageRecord(*row) for row in self.db.execute(sql, [READY, content_hash])]
+        return [ImageRecord(*row) for row in self.db.conn.execute(sql, [READY, content_hash])]
 
     def content_hashes(self) -> set[str]:
         """Return the content hashes of all ready rows."""
-        return {row[0] for row in self.db.execute("select content_hash from images where state = ?", [READY])}
+        return {row[0] for row in self.db.conn.execute("select content_hash from images where state = ?", [READY])}
 
     def vector(self, image_id: int) -> np.ndarray:
         """Return the stored vector of one image."""
@@ -243,7 +263,7 @@ class Index:
 
     def roots(self) -> list[str]:
         """Folders and files given to `searchclip index`, oldest first."""
-        return [row[0] for row in self.db.execute("select path from roots order by added_at, path")]
+        return [row[0] for row in self.db.conn.execute("select path from roots order by added_at, path")]
 
     def check_agreement(self) -> None:
         """Check that every ready row has a vector and every vector a row.
@@ -253,9 +273,9 @@ class Index:
         Raises:
             InvalidIndexError: naming the counts and pointing to `searchclip repair`.
         """
-        ready = {row[0] for row in self.db.execute("select id from images where state = ?", [READY])}
-        in_flight = {row[0] for row in self.db.execute("select id from images where state = ?", [PENDING])}
-        in_flight |= {row[0] for row in self.db.execute("select id from removed_ids")}
+        ready = {row[0] for row in self.db.conn.execute("select id from images where state = ?", [READY])}
+        in_flight = {row[0] for row in self.db.conn.execute("select id from images where state = ?", [PENDING])}
+        in_flight |= {row[0] for row in self.db.conn.execute("select id from removed_ids")}
         stored = set(faiss.vector_to_array(self.vectors.id_map).tolist())
         without_vector = ready - stored
         without_row = stored - ready - in_flight
@@ -278,12 +298,12 @@ class Index:
             return []
         with _locked(self.folder / COMMIT_LOCK_FILE, fcntl.LOCK_EX):
             stamp = now()
-            with self.db.conn:
+            with transaction(self.db):
                 # Removals first: a changed file's new row reuses its old path.
                 for image_id in removed_ids:
-                    self.db.execute("insert or ignore into removed_ids (id) values (?)", [int(image_id)])
-                    self.db.execute("delete from labels where image_id = ?", [int(image_id)])
-                    self.db.execute("delete from images where id = ?", [int(image_id)])
+                    self.db.conn.execute("insert or ignore into removed_ids (id) values (?)", [int(image_id)])
+                    self.db.conn.execute("delete from labels where image_id = ?", [int(image_id)])
+                    self.db.conn.execute("delete from images where id = ?", [int(image_id)])
                 new_ids = [self._insert_pending(image, stamp) for image in added]
 
             if removed_ids:
@@ -293,34 +313,34 @@ class Index:
                 self.vectors.add_with_ids(matrix, np.asarray(new_ids, dtype=np.int64))
             self._write_vectors()
 
-            with self.db.conn:
-                self.db.execute("update images set state = ? where state = ?", [READY, PENDING])
-                self.db.execute("delete from removed_ids")
-                self.db.execute("update index_info set updated = ?", [stamp])
+            with transaction(self.db):
+                self.db.conn.execute("update images set state = ? where state = ?", [READY, PENDING])
+                self.db.conn.execute("delete from removed_ids")
+                self.db.conn.execute("update index_info set updated = ?", [stamp])
         return new_ids
 
-    def move(self, image_id: int, path: str, size: int, mtime: float) -> None:
+    def move(self, image_id: int, path: str, size: int, mtime: float, inode: int) -> None:
         """Point a row at a new path; the vector is unchanged, so only SQLite changes."""
         self._require_writable()
-        with self.db.conn:
-            self.db.execute(
-                "update images set path = ?, size = ?, mtime = ?, indexed_at = ? where id = ?",
-                [path, size, mtime, now(), image_id],
+        with transaction(self.db):
+            self.db.conn.execute(
+                "update images set path = ?, size = ?, mtime = ?, inode = ?, indexed_at = ? where id = ?",
+                [path, size, mtime, inode, now(), image_id],
             )
 
-    def touch(self, image_id: int, size: int, mtime: float) -> None:
-        """Record a new size and mtime for a file whose content did not change."""
+    def touch(self, image_id: int, size: int, mtime: float, inode: int) -> None:
+        """Record a new size, mtime and inode for a file whose content did not change."""
         self._require_writable()
-        with self.db.conn:
-            self.db.execute("update images set size = ?, mtime = ? where id = ?", [size, mtime, image_id])
+        with transaction(self.db):
+            self.db.conn.execute("update images set size = ?, mtime = ?, inode = ? where id = ?", [size, mtime, inode, image_id])
 
     def add_roots(self, paths: Iterable[str]) -> None:
         """Remember folders and files given to `searchclip index`, with the time of this run."""
         self._require_writable()
         stamp = now()
-        with self.db.conn:
+        with transaction(self.db):
             for path in paths:
-                self.db.execute(
+                self.db.conn.execute(
                     "insert into roots (path, added_at, indexed_at) values (?, ?, ?) "
                     "on conflict(path) do update set indexed_at = excluded.indexed_at",
                     [path, stamp, stamp],
@@ -336,13 +356,13 @@ class Index:
                 fresh.add_with_ids(np.stack(list(vectors_by_id.values())).astype(np.float32), ids)
             self.vectors = fresh
             self._write_vectors()
-            with self.db.conn:
+            with transaction(self.db):
                 for image_id in drop_ids:
-                    self.db.execute("delete from labels where image_id = ?", [int(image_id)])
-                    self.db.execute("delete from images where id = ?", [int(image_id)])
-                self.db.execute("update images set state = ? where state = ?", [READY, PENDING])
-                self.db.execute("delete from removed_ids")
-                self.db.execute("update index_info set updated = ?", [now()])
+                    self.db.conn.execute("delete from labels where image_id = ?", [int(image_id)])
+                    self.db.conn.execute("delete from images where id = ?", [int(image_id)])
+                self.db.conn.execute("update images set state = ? where state = ?", [READY, PENDING])
+                self.db.conn.execute("delete from removed_ids")
+                self.db.conn.execute("update index_info set updated = ?", [now()])
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -351,11 +371,11 @@ class Index:
     # -- private ----------------------------------------------------------------
 
     def _insert_pending(self, image: NewImage, stamp: str) -> int:
-        cursor = self.db.execute(
-            "insert into images (path, size, mtime, content_hash, width, height, format, indexed_at, state) "
-            "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        cursor = self.db.conn.execute(
+            "insert into images (path, size, mtime, content_hash, width, height, format, indexed_at, inode, state) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [image.path, image.size, image.mtime, image.content_hash, image.width, image.height,
-             image.format, stamp, PENDING],
+             image.format, stamp, image.inode, PENDING],
         )
         return int(cursor.lastrowid)
 
@@ -364,8 +384,8 @@ class Index:
         # whose vector did not is dropped, so the next run embeds it again.
         # Journalled removals are finished on the FAISS side.
         stored = set(faiss.vector_to_array(self.vectors.id_map).tolist())
-        pending = [row[0] for row in self.db.execute("select id from images where state = ?", [PENDING])]
-        removed = [row[0] for row in self.db.execute("select id from removed_ids")]
+        pending = [row[0] for row in self.db.conn.execute("select id from images where state = ?", [PENDING])]
+        removed = [row[0] for row in self.db.conn.execute("select id from removed_ids")]
         if not pending and not removed:
             return
         log.info("finishing an interrupted commit: %d pending rows, %d removals", len(pending), len(removed))
@@ -374,13 +394,13 @@ class Index:
             self.vectors.remove_ids(np.asarray(leftover, dtype=np.int64))
             with _locked(self.folder / COMMIT_LOCK_FILE, fcntl.LOCK_EX):
                 self._write_vectors()
-        with self.db.conn:
+        with transaction(self.db):
             for image_id in pending:
                 if image_id in stored:
-                    self.db.execute("update images set state = ? where id = ?", [READY, image_id])
+                    self.db.conn.execute("update images set state = ? where id = ?", [READY, image_id])
                 else:
-                    self.db.execute("delete from images where id = ?", [image_id])
-            self.db.execute("delete from removed_ids")
+                    self.db.conn.execute("delete from images where id = ?", [image_id])
+            self.db.conn.execute("delete from removed_ids")
 
     def _write_vectors(self) -> None:
         # Write a temporary file, flush it to disk, then rename over the old
@@ -398,13 +418,13 @@ class Index:
             raise RuntimeError("index opened read-only; use Index.open_for_writing")
 
 
-_RECORD_COLUMNS = "id, path, size, mtime, content_hash, width, height, format, indexed_at"
+_RECORD_COLUMNS = "id, path, size, mtime, content_hash, width, height, format, indexed_at, inode"
 
 
 def _create(folder: Path, info: IndexInfo) -> None:
     db = _connect(folder / METADATA_FILE)
-    with db.conn:
-        db.execute(
+    with transaction(db):
+        db.conn.execute(
             """create table if not exists images (
                 id integer primary key autoincrement,
                 path text not null unique,
@@ -415,12 +435,13 @@ def _create(folder: Path, info: IndexInfo) -> None:
                 height integer not null,
                 format text not null,
                 indexed_at text not null,
+                inode integer not null default 0,
                 state text not null default 'ready'
             )"""
         )
-        db.execute("create index if not exists images_content_hash on images (content_hash)")
-        db.execute("create table if not exists removed_ids (id integer primary key)")
-        db.execute(
+        db.conn.execute("create index if not exists images_content_hash on images (content_hash)")
+        db.conn.execute("create table if not exists removed_ids (id integer primary key)")
+        db.conn.execute(
             """create table if not exists index_info (
                 model_id text not null,
                 dimension integer not null,
@@ -430,8 +451,8 @@ def _create(folder: Path, info: IndexInfo) -> None:
                 updated text not null
             )"""
         )
-        db.execute("create table if not exists roots (path text primary key, added_at text not null, indexed_at text not null)")
-        db.execute(
+        db.conn.execute("create table if not exists roots (path text primary key, added_at text not null, indexed_at text not null)")
+        db.conn.execute(
             """create table if not exists labels (
                 image_id integer not null references images(id),
                 label text not null,
@@ -441,8 +462,8 @@ def _create(folder: Path, info: IndexInfo) -> None:
                 primary key (image_id, label_set, label)
             )"""
         )
-        db.execute("create index if not exists labels_label on labels (label)")
-        db.execute(
+        db.conn.execute("create index if not exists labels_label on labels (label)")
+        db.conn.execute(
             "insert into index_info values (?, ?, ?, ?, ?, ?)",
             [info.model_id, info.dimension, info.fingerprint, SCHEMA_VERSION, info.created, info.updated],
         )
@@ -452,24 +473,54 @@ def _create(folder: Path, info: IndexInfo) -> None:
     db.conn.close()
 
 
-def _connect(path: Path) -> sqlite_utils.Database:
+@contextlib.contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """Run the statements of a `with` block as one SQLite transaction.
+
+    Connections run in autocommit mode, so without this every statement
+    would commit on its own and a crash could land between two of them.
+    """
+    conn = db.conn
+    conn.execute("begin immediate")
     try:
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("pragma journal_mode = wal")
-        conn.execute("pragma synchronous = full")
-        # `isolation_level=None` plus `with conn:` would not open transactions,
-        # so let sqlite3 manage them: BEGIN before writes, COMMIT on exit.
-        conn.isolation_level = "DEFERRED"
+        yield conn
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
+def _connect(path: Path, read_only: bool = False) -> sqlite_utils.Database:
+    try:
+        if read_only and not os.access(path.parent, os.W_OK):
+            # A WAL database on read-only storage opens only as immutable,
+            # which is safe because nobody can be writing to it.
+            uri = f"file:{urllib.parse.quote(str(path.resolve()))}?immutable=1"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("pragma journal_mode = wal")
+            conn.execute("pragma synchronous = full")
     except sqlite3.DatabaseError as error:
-        raise InvalidIndexError(f"{path} is not a readable SQLite database ({error}); move it away and re-index") from None
+        raise InvalidIndexError(
+            f"{path} cannot be opened as a SQLite database ({error}); check that {path.parent} is a searchclip index folder"
+        ) from None
     return sqlite_utils.Database(conn)
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"index folder {folder} is a file; give a folder path with --index or $SEARCHCLIP_INDEX")
 
 
 def _check_schema(db: sqlite_utils.Database, folder: Path) -> None:
     try:
-        version = db.execute("select schema_version from index_info").fetchone()[0]
+        version = db.conn.execute("select schema_version from index_info").fetchone()[0]
     except (sqlite3.DatabaseError, TypeError) as error:
-        raise InvalidIndexError(f"{folder / METADATA_FILE} has no index info ({error}); it is not a searchclip index") from None
+        raise InvalidIndexError(
+            f"{folder / METADATA_FILE} has no index info ({error}), so {folder} is not a searchclip index; "
+            "choose another --index, or move the folder away and index again"
+        ) from None
     if version > SCHEMA_VERSION:
         raise InvalidIndexError(
             f"index {folder} has schema version {version}, newer than this searchclip supports "
@@ -480,7 +531,7 @@ def _check_schema(db: sqlite_utils.Database, folder: Path) -> None:
 
 
 def _info(db: sqlite_utils.Database) -> IndexInfo:
-    row = db.execute(
+    row = db.conn.execute(
         "select model_id, dimension, fingerprint, schema_version, created, updated from index_info"
     ).fetchone()
     return IndexInfo(*row)
@@ -496,18 +547,22 @@ def _read_vectors(folder: Path, dimension: int) -> faiss.Index:
         return _empty_vectors(dimension)
     try:
         vectors = faiss.read_index(str(path))
-    except RuntimeError as error:
-        raise InvalidIndexError(
-            f"{path} is not a readable FAISS index ({str(error).splitlines()[0]}); "
-            f"run: searchclip repair --index {folder}"
-        ) from None
+    except RuntimeError:
+        # FAISS's own message names C++ source lines and is no help here.
+        raise InvalidIndexError(f"{path} is not a readable FAISS index; run: searchclip repair --index {folder}") from None
     if vectors.d != dimension:
         raise InvalidIndexError(f"{path} holds {vectors.d}-dimensional vectors, not {dimension}; run: searchclip repair --index {folder}")
     return faiss.downcast_index(vectors) if not isinstance(vectors, faiss.IndexIDMap2) else vectors
 
 
 def _acquire_write_lock(folder: Path) -> int:
-    descriptor = os.open(folder / WRITE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(folder / WRITE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise InvalidIndexError(
+            f"index {folder} cannot be written ({error.strerror}); searching works, but indexing, "
+            "labelling and repair need a writable index folder"
+        ) from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -526,7 +581,7 @@ def _acquire_write_lock(folder: Path) -> int:
 def _locked(path: Path, mode: int) -> Iterator[None]:
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:
+    except OSError:
         # A read-only index folder can still be searched; nobody can write to it.
         yield
         return

@@ -19,6 +19,7 @@ class FoundFile:
     path: str  # absolute, symbolic links in folder names kept as given
     size: int  # bytes
     mtime: float  # seconds since the epoch
+    inode: int  # tells apart two files swapped by renames that kept sizes and mtimes
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,22 @@ def walk(
     """
     visited: set[tuple[int, int]] = set()
     for root in roots:
-        root_path = os.path.abspath(root)
+        root_path = resolve_root(root)
         if _excluded(root_path, exclude):
             continue
         if os.path.isdir(root_path):
             yield from _walk_folder(root_path, exclude, include_hidden, visited)
         else:
             yield _check_file(root_path)
+
+
+def resolve_root(path: str | os.PathLike) -> str:
+    """Return the absolute path, with symbolic links resolved, under which a root's files are stored.
+
+    Resolving makes a folder reached through a link and through its real
+    path one root, so its files are never stored twice.
+    """
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def display_path(path: str) -> str:
@@ -113,7 +123,7 @@ def _check_file(path: str) -> FoundFile | Skipped:
         return Skipped(path, "not a regular file")
     if info.st_size == 0:
         return Skipped(path, "empty file (0 bytes)")
-    return FoundFile(path=path, size=info.st_size, mtime=info.st_mtime)
+    return FoundFile(path=path, size=info.st_size, mtime=info.st_mtime, inode=info.st_ino)
 
 
 def _excluded(path: str, patterns: Sequence[str]) -> bool:

@@ -75,7 +75,10 @@ def test_search_by_stored_label(built):
     label = max(report.counts, key=report.counts.get)
     results = search(built, "anything", k=10, label=label)
     assert len(results) == report.counts[label]
-    assert search(built, "anything", label="no such label") == []
+    unused = "dog" if label == "cat" else "cat"
+    assert len(search(built, "anything", k=10, label=unused)) == report.counts.get(unused, 0)
+    with pytest.raises(UsageError, match="not among the stored labels"):
+        search(built, "anything", label="no such label")
 
 
 def test_search_label_without_labels(built):
