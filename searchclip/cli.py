@@ -211,7 +211,9 @@ def search_command(
         searcher.close()
 
     if explain is not None:
-        _write_explanations(searcher.model, vector, [r.path for r in results], explain)
+        from .cli_localisation import write_explanations
+
+        write_explanations(searcher.model, vector, [r.path for r in results], explain)
 
     if as_json:
         for r in results:
@@ -225,28 +227,6 @@ def search_command(
         typer.echo(f"{'score':>7}  path")
         for r in results:
             typer.echo(f"{r.score:7.4f}  {display_path(r.path)}")
-
-
-def _write_explanations(model, vector, paths: List[str], folder: Path) -> None:
-    """Write one heatmap PNG a result, named by rank and file name, into `folder`."""
-    from .drawing import render_heatmap
-    from .errors import ImageError
-    from .localisation import load_image, locate_embedding
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"--explain {folder}: cannot create the folder ({error.strerror})") from None
-    for rank, path in enumerate(paths, start=1):
-        try:
-            image = load_image(path)
-            found = locate_embedding(model, image, vector)
-        except (ImageError, UsageError) as error:
-            log.warning("no heatmap for %s: %s", display_path(path), error)
-            continue
-        target = folder / f"{rank:02d}-{Path(path).stem}.png"
-        render_heatmap(image, found.heatmap, found.box).save(target)
-    log.info("heatmaps written to %s", folder)
 
 
 @app.command("classify")
@@ -367,12 +347,6 @@ def repair_command(
     )
 
 
-def _register_localisation() -> None:
-    try:
-        from . import cli_localisation
-    except ImportError:  # TODO: remove once cli_localisation lands
-        return
-    cli_localisation.register(app)
+from . import cli_localisation  # noqa: E402  (registers onto `app`, so it comes after it)
 
-
-_register_localisation()
+cli_localisation.register(app)
