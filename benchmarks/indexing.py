@@ -6,14 +6,14 @@ Usage:
 Prints one line per setting: images per second while indexing from scratch
 (median of --repeats runs), and the median latency of text searches. The
 model `vit-b32-random` is a randomly initialised CLIP with the layer sizes of
-openai/clip-vit-base-patch32 (224 px input, about 150 M parameters), built
-locally, so inference costs what the default model costs without a download.
+openai/clip-vit-base-patch32 (224 px input, about 150 M parameters) and a
+byte-level tokenizer, built locally, so inference costs what the default model
+costs without a download.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -93,19 +93,20 @@ def generate_photos(folder: Path, count: int, size: tuple[int, int]) -> Path:
 
 
 def build_vit_b32_random(folder: Path) -> str:
-    """Save a random CLIP with ViT-B/32 sizes and the demo model's tokenizer into `folder`."""
+    """Save a random CLIP with ViT-B/32 sizes and a byte-level tokenizer into `folder`."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from searchclip.model import DEMO_MODEL_DIR
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tiny_model import write_byte_tokenizer
 
-    folder.mkdir(parents=True)
-    for name in os.listdir(DEMO_MODEL_DIR):
-        if "token" in name or name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
-            shutil.copy(DEMO_MODEL_DIR / name, folder / name)
-    vocab_size = len(json.loads((DEMO_MODEL_DIR / "vocab.json").read_text()))
+    vocab = write_byte_tokenizer(folder)
     torch.manual_seed(0)
-    config = CLIPConfig(text_config={"vocab_size": vocab_size}, vision_config={"patch_size": 32})
+    end = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "eos_token_id": end, "pad_token_id": end, "bos_token_id": vocab["<|startoftext|>"]},
+        vision_config={"patch_size": 32},
+    )
     CLIPModel(config).save_pretrained(folder)
     CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
     return str(folder)

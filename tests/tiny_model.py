@@ -23,10 +23,9 @@ def _byte_alphabet() -> list[str]:
     return [chr(c) for c in codes]
 
 
-def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
-    """Save a random 16-dimensional CLIP with a byte-level tokenizer into `folder`."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizerFast
+def write_byte_tokenizer(folder: Path) -> dict[str, int]:
+    """Save a CLIP tokenizer whose vocabulary is the 512 byte tokens and no merges; return the vocabulary."""
+    from transformers import CLIPTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = _byte_alphabet()
@@ -38,6 +37,15 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
     tokenizer.save_pretrained(folder)
+    return vocab
+
+
+def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """Save a random 16-dimensional CLIP with a byte-level tokenizer into `folder`."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    vocab = write_byte_tokenizer(folder)
 
     torch.manual_seed(seed)
     end = vocab["<|endoftext|>"]
