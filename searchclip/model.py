@@ -216,6 +216,11 @@ def resolve_model_id(name: str) -> str:
 def _load_cached(name: str, device: str) -> ClipModel:
     model_id = resolve_model_id(name)
     if model_id == DEMO_MODEL:
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            raise ModelError(
+                f"the bundled demo model is missing from {DEMO_MODEL_DIR}; "
+                "train it with: python -m searchclip.demo.train"
+            )
         source, local_only = str(DEMO_MODEL_DIR), True
     elif Path(model_id).is_dir():
         source, local_only = model_id, True
