@@ -219,7 +219,7 @@ def _load_cached(name: str, device: str) -> ClipModel:
         if not (DEMO_MODEL_DIR / "config.json").is_file():
             raise ModelError(
                 f"the bundled demo model is missing from {DEMO_MODEL_DIR}; "
-                "train it with: python -m searchclip.demo.train"
+                "use a CLIP folder saved with save_pretrained or a Hugging Face model id instead"
             )
         source, local_only = str(DEMO_MODEL_DIR), True
     elif Path(model_id).is_dir():
