@@ -49,7 +49,7 @@ PENDING = "pending"
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """What an index was built with."""
+    """Model, dimension and schema version recorded in an index."""
 
     model_id: str
     dimension: int
