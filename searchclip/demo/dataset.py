@@ -53,6 +53,13 @@ MAX_INTRUSION = 0.3
 # Background crops may hold at most this fraction of an object's box, so a
 # sliver at the edge still counts as background.
 MAX_SLIVER = 0.08
+# Share of scene draws that also yield a crop cutting through one object,
+# containing at most MAX_PART of its box. Such a crop is captioned as
+# background, because a window that shows only part of an object must not
+# match the object. Otherwise localisation boxes shrink to fragments and
+# detection reports one object several times.
+PART_CROP_SHARE = 0.6
+MAX_PART = 0.55
 # Share of pictures re-encoded as JPEG at quality 30-90, as many photos are.
 JPEG_SHARE = 0.15
 # A patch takes the class of the object covering most of it when that object
@@ -226,10 +233,15 @@ def _scene_crops(rng: np.random.Generator) -> list[_Drawn]:
         example = Example(classes[index], size_word(fraction), background.colour)
         crops.append(_Drawn(image.crop(window), _crop_masks(scene.masks, window), classes, example))
 
-    window = _empty_window(rng, boxes, size) if rng.uniform() < BACKGROUND_CROP_SHARE else None
-    if window is not None:
-        example = Example(BACKGROUND_CLASS, None, background.colour)
-        crops.append(_Drawn(image.crop(window), _crop_masks(scene.masks, window), classes, example))
+    windows = []
+    if rng.uniform() < BACKGROUND_CROP_SHARE:
+        windows.append(_empty_window(rng, boxes, size))
+    if rng.uniform() < PART_CROP_SHARE:
+        windows.append(_part_window(rng, boxes, int(rng.integers(len(boxes))), size))
+    for window in windows:
+        if window is not None:
+            example = Example(BACKGROUND_CLASS, None, background.colour)
+            crops.append(_Drawn(image.crop(window), _crop_masks(scene.masks, window), classes, example))
     return crops
 
 
@@ -257,6 +269,33 @@ def _empty_window(
         top = int(rng.integers(0, size[1] - side + 1))
         window = (left, top, left + side, top + side)
         if all(_inside_fraction(box, window) <= MAX_SLIVER for box in boxes):
+            return window
+    return None
+
+
+def _part_window(
+    rng: np.random.Generator, boxes: Sequence[Sequence[int]], index: int, size: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
+    """Choose a square window that cuts through object `index`, or None after 30 tries.
+
+    The window contains between MAX_SLIVER and MAX_PART of that object's box
+    and at most MAX_SLIVER of any other object's box.
+    """
+    x0, y0, x1, y1 = boxes[index]
+    extent = max(x1 - x0, y1 - y0)
+    for _ in range(30):
+        side = min(int(extent * rng.uniform(0.4, 1.2)), *size)
+        angle = rng.uniform(0, 2 * math.pi)
+        reach = extent * rng.uniform(0.3, 0.8)
+        centre_x = (x0 + x1) / 2 + reach * math.cos(angle)
+        centre_y = (y0 + y1) / 2 + reach * math.sin(angle)
+        left = int(min(max(centre_x - side / 2, 0), size[0] - side))
+        top = int(min(max(centre_y - side / 2, 0), size[1] - side))
+        window = (left, top, left + side, top + side)
+        others = boxes[:index] + boxes[index + 1 :]
+        if MAX_SLIVER < _inside_fraction(boxes[index], window) <= MAX_PART and all(
+            _inside_fraction(box, window) <= MAX_SLIVER for box in others
+        ):
             return window
     return None
 

@@ -3,7 +3,7 @@
 Rerun with `python -m searchclip.demo.train` from the repository root. It
 regenerates its pictures and captions from a fixed seed, learns a BPE
 vocabulary from the captions, trains a transformers `CLIPModel` contrastively
-and overwrites searchclip/demo/model/. On two CPU cores it takes about five
+and overwrites searchclip/demo/model/. On two CPU cores it takes about seven
 minutes; `--output` writes elsewhere. Results are the same from run to run on
 one machine; other CPUs or torch versions may differ in the last bits of the
 weights.
