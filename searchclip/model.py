@@ -218,8 +218,8 @@ def _load_cached(name: str, device: str) -> ClipModel:
     if model_id == DEMO_MODEL:
         if not (DEMO_MODEL_DIR / "config.json").is_file():
             raise ModelError(
-                f"the bundled demo model is missing from {DEMO_MODEL_DIR}; "
-                "use a CLIP folder saved with save_pretrained or a Hugging Face model id instead"
+                f"the bundled demo model is missing from {DEMO_MODEL_DIR}; reinstall searchclip, "
+                "or write it again with: python -m searchclip.demo.train"
             )
         source, local_only = str(DEMO_MODEL_DIR), True
     elif Path(model_id).is_dir():

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from conftest import run_searchclip
 from searchclip.errors import ModelError
 from searchclip.images import open_picture
-from searchclip.model import DEMO_MODEL_DIR, load_model
+from searchclip.model import load_model
 
 # Largest allowed difference between searchclip's embedding of a file and
 # the one from CLIPProcessor + CLIPModel.get_image_features on the same file,
@@ -50,10 +50,7 @@ def reference_embedding(model, image: Image.Image) -> np.ndarray:
 
 
 def model_names(tiny_model: str) -> list[str]:
-    names = [tiny_model]
-    if (DEMO_MODEL_DIR / "model.safetensors").exists():
-        names.append("demo")
-    return names
+    return [tiny_model, "demo"]
 
 
 @pytest.mark.parametrize("size", [(640, 480), (333, 500), (4000, 3000)])
