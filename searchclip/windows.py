@@ -141,6 +141,36 @@ def embed_crops(model: ClipModel, image: Image.Image, boxes: np.ndarray, batch_s
     return np.concatenate(rows)
 
 
+def crop_padded(image: Image.Image, box: Box) -> Image.Image:
+    """Return the crop of `box`, with any part outside the picture filled with the median colour of its border."""
+    x0, y0, x1, y1 = box
+    if x0 >= 0 and y0 >= 0 and x1 <= image.width and y1 <= image.height:
+        return image.crop(box)
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    fill = tuple(int(value) for value in np.median(border, axis=0))
+    canvas = Image.new("RGB", (x1 - x0, y1 - y0), fill)
+    canvas.paste(image, (-x0, -y0))
+    return canvas
+
+
+def coverage_map(layout: WindowLayout, probabilities: np.ndarray) -> np.ndarray:
+    """Return, for each cell, the share of the windows' weight that covers it, as a (rows, columns) float32 map.
+
+    A window's weight is the probability that it shows the query, divided by
+    its area in cells. A window trained to match only when it contains the
+    whole object matches wherever it lies around the object, so the cells
+    inside the object are covered by nearly all the weight and the cells
+    around it by less, the further out the less. Dividing by the area keeps
+    the many large windows from outweighing the few tight ones.
+    """
+    weights = np.asarray(probabilities, dtype=np.float64) / layout.sizes.astype(np.float64) ** 2
+    covered = np.zeros((layout.rows, layout.columns))
+    for (row0, column0, row1, column1), weight in zip(layout.cells, weights):
+        covered[row0:row1, column0:column1] += weight
+    return (covered / max(float(weights.sum()), 1e-12)).astype(np.float32)
+
+
 def size_maps(layout: WindowLayout, scores: np.ndarray) -> np.ndarray:
     """Average window scores onto the cells each window covers, separately per window size.
 
@@ -159,19 +189,18 @@ def size_maps(layout: WindowLayout, scores: np.ndarray) -> np.ndarray:
     return maps
 
 
-def combine_sizes(maps: np.ndarray, normalise: bool) -> np.ndarray:
+def combine_sizes(maps: np.ndarray) -> np.ndarray:
     """Combine per-size maps (k, sizes, rows, columns) into one (k, rows, columns) float32 map each.
 
-    The geometric mean keeps only cells that windows of every size support.
-    A large window also scores high on the background around a small object,
-    but the small windows there do not. With `normalise`, each size's map is
-    first stretched to [0, 1], so that sizes whose scores vary less still
-    count. Without it, the maps must already lie in [0, 1].
+    Each size's map is first stretched to [0, 1], because raw similarities
+    have no common scale across window sizes. The geometric mean then keeps
+    only cells that windows of every size support: a large window also
+    scores high on the background around a small object, but the small
+    windows there do not.
     """
-    if normalise:
-        low = maps.min(axis=(2, 3), keepdims=True)
-        high = maps.max(axis=(2, 3), keepdims=True)
-        maps = (maps - low) / np.maximum(high - low, 1e-12)
+    low = maps.min(axis=(2, 3), keepdims=True)
+    high = maps.max(axis=(2, 3), keepdims=True)
+    maps = (maps - low) / np.maximum(high - low, 1e-12)
     logarithms = np.log(np.clip(maps, _GEOMETRIC_FLOOR, None))
     return np.exp(logarithms.mean(axis=1)).astype(np.float32)
 
