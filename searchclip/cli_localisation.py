@@ -34,8 +34,14 @@ DEVICE_HELP = "Torch device to run the model on: cpu, cuda or cuda:N; auto picks
 GRID_HELP = "Cells along the picture's shorter side; windows are placed on this grid. Crops grow with its square."
 WINDOWS_HELP = "Window sides in cells, comma-separated; each size slides over the whole grid."
 STRIDE_HELP = "Step between neighbouring windows, in cells."
-THRESHOLD_HELP = "Fraction (0 to 1] of the score map's range, from its minimum to its peak, that a cell needs to be inside the box."
-REFINE_HELP = "Search a square region around each box again for tighter edges; --no-refine skips it and its crops."
+THRESHOLD_HELP = (
+    "Fraction (0 to 1] of the score map's range, from its minimum to its peak, that a cell needs to be "
+    "inside the first box, before refinement."
+)
+REFINE_HELP = (
+    "Search a square region twice the size of each first box again, with finer windows, for tighter edges. "
+    "--no-refine skips it and its crops."
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -150,12 +150,12 @@ def locate(
         text: the description, embedded as it is, without templates.
         settings: window layout; `count_crops` gives its cost.
         threshold: fraction of the map's range, from its minimum to its
-            peak, that a cell must reach to join the box around the peak.
+            peak, that a cell must reach to join the first box around the peak.
         background: texts whose similarity is subtracted from each window's
             score, each embedded with `templates`; empty to subtract nothing.
-        refine: run the windows a second time over a square region around
-            the first box, with the grid spanning that region, for tighter
-            box edges. `count_crops` includes its cost.
+        refine: search a square region around the first box again with
+            `REFINE_SETTINGS` windows, for tighter box edges. `count_crops`
+            includes its cost.
 
     Raises:
         UsageError: `text` is empty or the settings do not fit the picture.
