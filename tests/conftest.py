@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("SEARCHCLIP_INDEX", None)
+# Idle OpenMP threads sleep instead of spinning. With the default, torch in
+# this process and in the CLI subprocesses that tests start slowed each other
+# down on a 2-core machine (a localisation test took 48 s instead of 31 s
+# beside one busy process). torch reads it when it is first imported, later.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
