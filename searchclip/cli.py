@@ -177,8 +177,9 @@ def search_command(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity (-1 to 1).", show_default=False),
     label: Optional[str] = typer.Option(None, "--label", help="Only images that `searchclip label` gave this label.", show_default=False),
     paths_only: bool = typer.Option(False, "--paths", help="Print only paths, one a line."),
+    null: bool = typer.Option(False, "--null", "-0", help="Print only paths, each ended by a NUL byte instead of a newline, for xargs -0; safe for names that contain newlines."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object a line with path, score, id, width and height."),
-    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a heatmap PNG a result into this folder, showing which region matched.", show_default=False),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a heatmap PNG for each result into this folder, showing which region matched.", show_default=False),
     index: Optional[Path] = IndexOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
@@ -195,8 +196,8 @@ def search_command(
     """
     from .search import Searcher, parse_weighted
 
-    if paths_only and as_json:
-        raise UsageError("--paths and --json cannot be combined; choose one output format")
+    if as_json and (paths_only or null):
+        raise UsageError("--json cannot be combined with --paths or --null; choose one output format")
     terms = ([parse_weighted(query)] if query is not None else []) + [parse_weighted(t) for t in text or []]
     terms += [parse_weighted(p, is_image=True) for p in image or []]
     negatives = [parse_weighted(n) for n in negative or []]
@@ -218,6 +219,9 @@ def search_command(
     if as_json:
         for r in results:
             typer.echo(json.dumps({"path": r.path, "score": round(r.score, 6), "id": r.id, "width": r.width, "height": r.height}, ensure_ascii=False))
+    elif null:
+        for r in results:
+            typer.echo(r.path + "\0", nl=False)
     elif paths_only:
         for r in results:
             typer.echo(r.path)

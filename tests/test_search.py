@@ -120,7 +120,21 @@ def test_output_formats(built, photos):
 
     both = invoke("search", "red", "--json", "--paths", "--index", str(built))
     assert both.returncode == 2
-    assert "--paths and --json" in both.stderr
+    assert "--json cannot be combined with --paths" in both.stderr
+
+
+def test_null_output_keeps_newline_names(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    odd = make_photo(folder / "two\nlines.png", "red")
+    make_photo(folder / "plain.png", "blue")
+    index_dir = tmp_path / "index"
+    index_paths([folder], index_dir, model=tiny_model)
+
+    result = invoke("search", "red", "-k", "5", "--null", "--index", str(index_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\0")
+    printed = result.stdout[:-1].split("\0")
+    assert sorted(printed) == sorted([str(odd), str(folder / "plain.png")])
 
 
 def test_combined_query_cli(built, photos):
