@@ -208,13 +208,14 @@ def search_command(
     try:
         vector = searcher.embed_query(terms, negatives)
         results = searcher.search_vector(vector, k, under, min_score, label)
+        roots = searcher.index.roots()
     finally:
         searcher.close()
 
     if explain is not None:
         from .cli_localisation import write_explanations
 
-        write_explanations(searcher.model, vector, [r.path for r in results], explain)
+        write_explanations(searcher.model, vector, [r.path for r in results], explain, roots)
 
     if as_json:
         for r in results:

@@ -123,11 +123,15 @@ def detect(
             typer.echo(f"{detection.label}\tbox {x0},{y0},{x1},{y1}  score {detection.score:.4f}")
 
 
-def write_explanations(model: ClipModel, query: np.ndarray, paths: Sequence[str], folder: Path) -> list[Path]:
+def write_explanations(
+    model: ClipModel, query: np.ndarray, paths: Sequence[str], folder: Path, indexed_roots: Sequence[str] = ()
+) -> list[Path]:
     """Write one heatmap per search result into `folder`, named by rank and file name.
 
     A result whose file can no longer be read is reported on stderr and
-    skipped, so one moved photo does not lose the other explanations.
+    skipped, so one moved photo does not lose the other explanations. A
+    warning says when `folder` lies inside one of `indexed_roots`, because
+    the next index run would then index the heatmaps as photos.
 
     Raises:
         SearchclipError: `folder` cannot be created.
@@ -136,6 +140,16 @@ def write_explanations(model: ClipModel, query: np.ndarray, paths: Sequence[str]
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SearchclipError(f"--explain {folder}: could not create the folder ({error.strerror or error})") from None
+
+    resolved = folder.resolve()
+    for root in indexed_roots:
+        if resolved == Path(root) or Path(root) in resolved.parents:
+            typer.echo(
+                f"warning: {folder} is inside the indexed folder {root}, so the next index run will index "
+                f"these heatmaps too; write them elsewhere or add --exclude {resolved.name!r} when indexing",
+                err=True,
+            )
+            break
 
     written = []
     for rank, path in enumerate(paths, start=1):

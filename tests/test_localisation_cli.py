@@ -154,3 +154,25 @@ def test_write_explanations_names_files_by_rank(scene, tmp_path):
     assert [item.name for item in written] == ["01-scene.png"]
     with Image.open(written[0]) as image:
         assert image.size == (320, 256)
+
+
+def test_search_explain_writes_heatmaps(scene, tmp_path):
+    from conftest import invoke
+
+    path, _ = scene
+    index_dir = tmp_path / "index"
+    indexed = invoke("index", str(path.parent), "--model", "demo", "--index", str(index_dir), "--quiet")
+    assert indexed.returncode == 0, indexed.stderr
+
+    outside = tmp_path / "why"
+    result = invoke("search", "a blue star", "-k", "1", "--index", str(index_dir), "--explain", str(outside))
+    assert result.returncode == 0, result.stderr
+    assert "inside the indexed folder" not in result.stderr
+    with Image.open(outside / "01-scene.png") as image:
+        assert image.size == (320, 256)
+
+    inside = path.parent / "why"
+    result = invoke("search", "a blue star", "-k", "1", "--index", str(index_dir), "--explain", str(inside))
+    assert result.returncode == 0, result.stderr
+    assert f"inside the indexed folder {path.parent}" in result.stderr
+    assert (inside / "01-scene.png").is_file()
