@@ -130,8 +130,8 @@ def write_explanations(
 
     A result whose file can no longer be read is reported on stderr and
     skipped, so one moved photo does not lose the other explanations. A
-    warning says when `folder` lies inside one of `indexed_roots`, because
-    the next index run would then index the heatmaps as photos.
+    warning is printed when `folder` lies inside one of `indexed_roots`,
+    because the next index run would then index the heatmaps as photos.
 
     Raises:
         SearchclipError: `folder` cannot be created.
