@@ -258,3 +258,17 @@ def _matching_object(detection: Detection, objects, matched: set[int]) -> int | 
         if index not in matched and item.label == detection.label and box_iou(item.box, detection.box) >= IOU_MATCH:
             return index
     return None
+
+
+def test_other_clip_models_work(tiny_model, scene):
+    """A CLIP of another input size and dimension runs the same code; its random answers only need to be well formed."""
+    other = load_model(tiny_model, "cpu")
+    image, _ = scene
+    result = locate(other, image, "a red circle")
+    x0, y0, x1, y1 = result.box
+    assert 0 <= x0 < x1 <= image.width
+    assert 0 <= y0 < y1 <= image.height
+    assert -1.0 <= result.score <= 1.0
+    for detection in detect(other, image, ["red circle", "blue square"], min_score=0.0):
+        assert 0 <= detection.box[0] < detection.box[2] <= image.width
+        assert 0 <= detection.box[1] < detection.box[3] <= image.height
