@@ -20,10 +20,11 @@ from PIL import Image
 
 from .drawing import render_heatmap, save_image
 from .errors import UsageError
-from .images import DEFAULT_MAX_MEGAPIXELS, Picture, open_picture
+from .images import DEFAULT_MAX_MEGAPIXELS, Picture, open_picture, to_rgb
 from .model import DEFAULT_TEMPLATES, ClipModel
 from .windows import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DETECT_WINDOW_SIZES,
     DEFAULT_GRID,
     DEFAULT_STRIDE,
     DEFAULT_WINDOW_SIZES,
@@ -43,7 +44,7 @@ from .windows import (
 )
 
 __all__ = [
-    "DEFAULT_GRID", "DEFAULT_STRIDE", "DEFAULT_WINDOW_SIZES", "Box", "Detection", "Localisation",
+    "DEFAULT_DETECT_WINDOW_SIZES", "DEFAULT_GRID", "DEFAULT_STRIDE", "DEFAULT_WINDOW_SIZES", "Box", "Detection", "Localisation",
     "WindowSettings", "box_iou", "count_crops", "detect", "explain", "load_image", "locate", "locate_embedding",
 ]
 
@@ -72,6 +73,9 @@ DEFAULT_BACKGROUND: tuple[str, ...] = ("plain background", "empty background", "
 # box up to 3 times too large still has windows tight around the object.
 # That is 506 crops; 16 cells gave slightly better boxes for twice the cost.
 REFINE_GROWTH = 2.0
+# Regions tried per box, each twice the side of the one before, while the
+# refined box does not match the query (see `_refine_boxes`).
+REFINE_ATTEMPTS = 3
 REFINE_SETTINGS = WindowSettings(grid=12, window_sizes=tuple(range(2, 13)), stride=1)
 # A cell belongs to the refined box when the windows that match the query
 # cover it with at least this share of their weight (see `coverage_map`).
@@ -119,14 +123,18 @@ def count_crops(width: int, height: int, settings: WindowSettings | None = None,
     """Return how many crops `locate` embeds for one picture of this size in pixels.
 
     That is the windows over the picture, with `refine` the windows over a
-    square region (the same count for any size of region), and one crop for
-    the final box. `detect` costs the windows over the picture, one crop per
-    candidate (at most `MAX_CANDIDATES_PER_LABEL` per label) and, with
-    `refine`, a square region's windows plus one crop per detection.
+    square region (the same count for any size of region) and one crop to
+    check the refined box, and one crop for the final box. When the refined
+    box does not match the query, refinement runs again in a larger region,
+    at most `REFINE_ATTEMPTS` times in all, which this count leaves out.
+    `detect` costs the windows over the picture, one crop per candidate (at
+    most `MAX_CANDIDATES_PER_LABEL` per label) and, with `refine`, the same
+    refinement plus one crop per detection.
     """
     settings = settings or WindowSettings()
     square = REFINE_SETTINGS.grid * 8  # any square of at least `grid` pixels has the same layout
-    refinement = REFINE_SETTINGS.count_windows(square, square) if refine else 0
+    # One more crop checks that the refined box matches the query.
+    refinement = REFINE_SETTINGS.count_windows(square, square) + 1 if refine else 0
     return settings.count_windows(width, height) + refinement + 1
 
 
@@ -251,7 +259,7 @@ def detect(
     if not len(background):
         raise UsageError("no background texts given; detection needs at least one, for example \"plain background\"")
     image = load_image(picture)
-    settings = settings or WindowSettings()
+    settings = settings or WindowSettings(window_sizes=DEFAULT_DETECT_WINDOW_SIZES)
     layout = layout_windows(image.size, settings)
 
     classes = model.embed_labels([*labels, *background], templates)
@@ -310,7 +318,7 @@ def load_image(picture: PictureInput) -> Image.Image:
     if isinstance(picture, Picture):
         return picture.image
     if isinstance(picture, Image.Image):
-        return picture if picture.mode == "RGB" else picture.convert("RGB")
+        return to_rgb(picture)
     return open_picture(picture, max_megapixels=DEFAULT_MAX_MEGAPIXELS).image
 
 
@@ -351,27 +359,85 @@ def _refine_boxes(
     with them. Each window is scored by the probability that it shows the
     query rather than the background, and the box is the part of the region
     that the matching windows share (`coverage_map`).
+
+    A first box may cover only a fragment of a large object, and then no
+    window of the region contains the whole object. So when the crop around
+    the refined box does not match the query better than the background,
+    the search is repeated in a region twice as large, up to
+    `REFINE_ATTEMPTS` times, and the best-matching box is kept.
     """
     refined = []
+    longest = max(image.size)
     for box, query in zip(boxes, queries):
-        region = _region_around(box, REFINE_GROWTH)
-        side = region[2] - region[0]
-        if side < REFINE_SETTINGS.grid:
-            refined.append(box)
-            continue
-        layout = layout_windows((side, side), REFINE_SETTINGS)
-        embeddings = embed_crops(model, crop_padded(image, region), layout.boxes, batch_size)
-        logits = model.logit_scale * embeddings @ query
-        if background_embeddings is not None:
-            logits = np.concatenate([logits[:, None], model.logit_scale * embeddings @ background_embeddings.T], axis=1)
-            probabilities = _softmax(logits)[:, 0]
-        else:
-            probabilities = np.exp(logits - logits.max())
-        fine = upsample(coverage_map(layout, probabilities))
-        x0, y0, x1, y1 = region_box(peak_region(fine, REFINE_COVERAGE, floor=0.0), layout.size)
-        left, top = region[:2]
-        refined.append(_clip_box((x0 + left, y0 + top, x1 + left, y1 + top), image.size, box))
+        best, best_probability = box, -1.0
+        growth = REFINE_GROWTH
+        for _ in range(REFINE_ATTEMPTS):
+            region = _region_around(box, growth)
+            candidate = _refine_in_region(model, image, region, query, background_embeddings, batch_size, box)
+            probability = _match_probability(model, image, candidate, query, background_embeddings, batch_size)
+            if probability > best_probability:
+                best, best_probability = candidate, probability
+            if probability >= 0.5 or region[2] - region[0] >= 2 * longest:
+                break
+            growth *= 2
+        refined.append(best)
     return refined
+
+
+def _refine_in_region(
+    model: ClipModel,
+    image: Image.Image,
+    region: Box,
+    query: np.ndarray,
+    background_embeddings: np.ndarray | None,
+    batch_size: int,
+    fallback: Box,
+) -> Box:
+    """Return the box that the windows of `region` matching `query` share, or `fallback` for a tiny region."""
+    side = region[2] - region[0]
+    if side < REFINE_SETTINGS.grid:
+        return fallback
+    layout = layout_windows((side, side), REFINE_SETTINGS)
+    embeddings = embed_crops(model, crop_padded(image, region), layout.boxes, batch_size)
+    probabilities = _query_probabilities(model, embeddings, query, background_embeddings)
+    fine = upsample(coverage_map(layout, probabilities))
+    x0, y0, x1, y1 = region_box(peak_region(fine, REFINE_COVERAGE, floor=0.0), layout.size)
+    left, top = region[:2]
+    return _clip_box((x0 + left, y0 + top, x1 + left, y1 + top), image.size, fallback)
+
+
+def _match_probability(
+    model: ClipModel,
+    image: Image.Image,
+    box: Box,
+    query: np.ndarray,
+    background_embeddings: np.ndarray | None,
+    batch_size: int,
+) -> float:
+    """Return the probability that the square crop around `box` shows the query rather than the background.
+
+    Without background texts there is nothing to compare with, so every box
+    matches. The crop is embedded anyway, so that the cost is the same.
+    """
+    embedding = embed_crops(model, image, np.array([square_around(box, image.size)]), batch_size)
+    if background_embeddings is None:
+        return 1.0
+    return float(_query_probabilities(model, embedding, query, background_embeddings)[0])
+
+
+def _query_probabilities(
+    model: ClipModel, embeddings: np.ndarray, query: np.ndarray, background_embeddings: np.ndarray | None
+) -> np.ndarray:
+    """Return, per embedding, the softmax probability of the query against the background texts.
+
+    Without background texts, return exp(logit - best logit), which is 1 for
+    the best-matching embedding and falls with the logit.
+    """
+    logits = model.logit_scale * embeddings @ query
+    if background_embeddings is None:
+        return np.exp(logits - logits.max())
+    others = model.logit_scale * embeddings @ background_embeddings.T
+    return _softmax(np.concatenate([logits[:, None], others], axis=1))[:, 0]
 
 
 def _region_around(box: Box, growth: float) -> Box:

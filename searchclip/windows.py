@@ -17,6 +17,10 @@ Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, x1 and y1 exclusi
 # objects from about an eighth to three quarters of that side.
 DEFAULT_GRID = 8
 DEFAULT_WINDOW_SIZES: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+# Detection also slides windows of 7 and 8 cells. Its map averages the
+# window sizes, and without a window around an object that spans most of
+# the shorter side, that object's average stays below any candidate.
+DEFAULT_DETECT_WINDOW_SIZES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_STRIDE = 1
 
 # Crops per forward pass. At the 224 px input of ViT-B models a batch of 64

@@ -77,6 +77,43 @@ def test_detect_precision_and_recall(model):
     assert recall >= 0.8, counts
 
 
+def test_locate_large_single_objects(model):
+    """Objects that fill most of the picture get a box around all of them, not around a tip."""
+    rng = np.random.default_rng(SCENE_SEED + 2)
+    ious = []
+    for index in range(32):
+        colour, shape = shapes.split_label(shapes.LABELS[index])
+        picture = shapes.draw_object_picture(rng, colour, shape, size=int(rng.integers(96, 300)))
+        ious.append(box_iou(locate(model, picture.image, f"a {colour} {shape}").box, picture.item.box))
+    hit_rate = float(np.mean(np.array(ious) >= IOU_MATCH))
+    assert hit_rate >= 0.7, f"IoU >= {IOU_MATCH} in {hit_rate:.0%} of pictures; IoUs {np.round(ious, 2).tolist()}"
+
+
+def test_detect_large_object_in_wide_picture(model):
+    rng = np.random.default_rng(SCENE_SEED + 3)
+    background = shapes.Background("gray", "plain")
+    canvas = shapes.draw_background(rng, (400, 200), background)
+    picture = shapes.draw_object_picture(rng, "red", "circle", size=200, background=background)
+    canvas.paste(picture.image, (120, 0))
+    x0, y0, x1, y1 = picture.item.box
+    truth = (x0 + 120, y0, x1 + 120, y1)
+
+    found = [d for d in detect(model, canvas, ["red circle", "blue square"]) if d.label == "red circle"]
+    assert found, "the red circle was not detected"
+    assert box_iou(found[0].box, truth) >= IOU_MATCH, (found[0].box, truth)
+
+
+def test_sixteen_bit_image_scaled(model, scene):
+    """A 16-bit grey PIL image is scaled to 8 bits as a file would be, not clipped to white."""
+    image, objects = scene
+    grey = image.convert("L")
+    deep = Image.frombytes("I;16", grey.size, (np.asarray(grey, dtype="<u2") * 257).tobytes())
+    assert deep.mode == "I;16"
+    converted = localisation.load_image(deep)
+    assert converted.mode == "RGB"
+    assert converted.getextrema() == grey.convert("RGB").getextrema()
+
+
 def test_detect_ignores_absent_labels(model, scene):
     image, _ = scene
     assert detect(model, image, ["green star", "yellow triangle"]) == []
@@ -137,8 +174,9 @@ def test_crops_embedded_in_batches(model, scene, monkeypatch):
     region_windows = localisation.REFINE_SETTINGS.count_windows(96, 96)
     assert sum(batch_sizes) == count_crops(*image.size, settings)
     # Batches of 16 for the picture's windows, then for the refinement
-    # region's windows, then one crop for the final box.
-    assert len(batch_sizes) == math.ceil(picture_windows / 16) + math.ceil(region_windows / 16) + 1
+    # region's windows, then one crop to check the refined box and one for
+    # the final box.
+    assert len(batch_sizes) == math.ceil(picture_windows / 16) + math.ceil(region_windows / 16) + 2
     assert max(batch_sizes) == 16
 
 
@@ -149,7 +187,7 @@ def test_count_crops_counts_windows():
     # a 12 x 12 grid fit 11x11, 10x10, ... 1x1 times.
     assert settings.grid_shape(320, 256) == (8, 10)
     assert count_crops(320, 256, settings, refine=False) == 63 + 48 + 35 + 24 + 1
-    refinement = sum(side * side for side in range(1, 12))
+    refinement = sum(side * side for side in range(1, 12)) + 1
     assert count_crops(320, 256, settings) == 63 + 48 + 35 + 24 + refinement + 1
 
 
