@@ -179,7 +179,7 @@ def search_command(
     paths_only: bool = typer.Option(False, "--paths", help="Print only paths, one a line."),
     null: bool = typer.Option(False, "--null", "-0", help="Print only paths, each ended by a NUL byte instead of a newline, for xargs -0; safe for names that contain newlines."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object a line with path, score, id, width and height."),
-    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a heatmap PNG for each result into this folder, showing which region matched.", show_default=False),
+    explain: Optional[str] = typer.Option(None, "--explain", help="Write a heatmap PNG for each result into this folder, showing which region matched.", show_default=False),
     index: Optional[Path] = IndexOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
@@ -198,6 +198,9 @@ def search_command(
 
     if as_json and (paths_only or null):
         raise UsageError("--json cannot be combined with --paths or --null; choose one output format")
+    # A Path option would turn an empty value into ".", the current folder.
+    if explain is not None and not explain.strip():
+        raise UsageError("--explain needs a folder; give the folder to write the heatmaps to")
     terms = ([parse_weighted(query)] if query is not None else []) + [parse_weighted(t) for t in text or []]
     terms += [parse_weighted(p, is_image=True) for p in image or []]
     negatives = [parse_weighted(n) for n in negative or []]
@@ -215,7 +218,7 @@ def search_command(
     if explain is not None:
         from .cli_localisation import write_explanations
 
-        write_explanations(searcher.model, vector, [r.path for r in results], explain, roots)
+        write_explanations(searcher.model, vector, [r.path for r in results], Path(explain).expanduser(), roots)
 
     if as_json:
         for r in results:

@@ -20,6 +20,7 @@ from .localisation import (
     DEFAULT_NMS_IOU,
     DEFAULT_STRIDE,
     DEFAULT_THRESHOLD,
+    DEFAULT_DETECT_WINDOW_SIZES,
     DEFAULT_WINDOW_SIZES,
     MAX_CANDIDATES_PER_LABEL,
     WindowSettings,
@@ -28,6 +29,7 @@ from .localisation import (
 from .model import DEFAULT_MODEL, DEMO_MODEL, ClipModel, load_model
 
 _DEFAULT_WINDOWS = ",".join(str(size) for size in DEFAULT_WINDOW_SIZES)
+_DEFAULT_DETECT_WINDOWS = ",".join(str(size) for size in DEFAULT_DETECT_WINDOW_SIZES)
 
 MODEL_HELP = f"CLIP model: a Hugging Face hub id, a folder saved with save_pretrained, or {DEMO_MODEL} for the bundled demo model."
 DEVICE_HELP = "Torch device to run the model on: cpu, cuda or cuda:N; auto picks cuda when available."
@@ -64,7 +66,9 @@ def locate(
     refine: bool = typer.Option(True, "--refine/--no-refine", help=REFINE_HELP),
 ) -> None:
     with _user_errors():
-        settings = _settings(grid, windows, stride)
+        settings = _settings(grid, windows, stride, _DEFAULT_WINDOWS)
+        if heatmap is not None:
+            drawing.check_output_path(heatmap)
         image = localisation.load_image(photo)
         clip = load_model(model, device)
         result = localisation.locate(clip, image, text, settings=settings, threshold=threshold, refine=refine)
@@ -97,14 +101,16 @@ def detect(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     grid: int = typer.Option(DEFAULT_GRID, "--grid", help=GRID_HELP),
-    windows: str = typer.Option(_DEFAULT_WINDOWS, "--windows", help=WINDOWS_HELP),
+    windows: str = typer.Option(_DEFAULT_DETECT_WINDOWS, "--windows", help=WINDOWS_HELP),
     stride: int = typer.Option(DEFAULT_STRIDE, "--stride", help=STRIDE_HELP),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help=THRESHOLD_HELP),
     refine: bool = typer.Option(True, "--refine/--no-refine", help=REFINE_HELP),
 ) -> None:
     with _user_errors():
-        settings = _settings(grid, windows, stride)
+        settings = _settings(grid, windows, stride, _DEFAULT_DETECT_WINDOWS)
         names = [label.strip() for label in labels.split(",")] if labels.strip() else []
+        if out is not None:
+            drawing.check_output_path(out)
         image = localisation.load_image(photo)
         clip = load_model(model, device)
         detections = localisation.detect(
@@ -114,6 +120,8 @@ def detect(
         if out is not None:
             drawing.save_image(drawing.render_detections(image, detections), out)
 
+    if not detections:
+        typer.echo(f"no box scored at least {min_score} for any of the labels", err=True)
     for detection in detections:
         x0, y0, x1, y1 = detection.box
         if as_json:
@@ -177,13 +185,17 @@ class _user_errors:
         return False
 
 
-def _settings(grid: int, windows: str, stride: int) -> WindowSettings:
+def _settings(grid: int, windows: str, stride: int, default_windows: str) -> WindowSettings:
     try:
         sizes = tuple(int(part) for part in windows.split(","))
     except ValueError:
         raise UsageError(
             f"--windows {windows!r} is invalid; give window sides in cells, comma-separated, for example 1,2,3"
         ) from None
+    if windows == default_windows and grid >= 1:
+        # Default sizes larger than a smaller --grid are dropped, so --grid
+        # alone works; sizes the user gave are checked as given.
+        sizes = tuple(size for size in sizes if size <= grid)
     return WindowSettings(grid=grid, window_sizes=sizes, stride=stride)
 
 
@@ -201,8 +213,9 @@ def _locate_help() -> str:
 
 
 def _detect_help() -> str:
-    windows = count_crops(1000, 1000, refine=False) - 1
-    refinement = count_crops(1000, 1000) - windows - 1
+    settings = WindowSettings(window_sizes=DEFAULT_DETECT_WINDOW_SIZES)
+    windows = count_crops(1000, 1000, settings, refine=False) - 1
+    refinement = count_crops(1000, 1000, settings) - windows - 1
     return (
         "Find every region of PHOTO that shows one of --labels and print one line per box: label, "
         "box in pixels (x0,y0,x1,y1, ends exclusive) and probability.\n\n"

@@ -82,6 +82,21 @@ def render_detections(image: Image.Image, detections: Sequence) -> Image.Image:
     return result
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Check that an image can be written to `path` before any work goes into it.
+
+    Raises:
+        UsageError: the suffix names no format Pillow can write, or the
+            folder does not exist.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"{path}: unknown image format {path.suffix!r}; use a name ending in .png or .jpg")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: folder {path.parent} not found; create it first or choose another path")
+    return path
+
+
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write a picture to `path` in the format its suffix names.
 
@@ -89,10 +104,7 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
         UsageError: the suffix names no format Pillow can write.
         SearchclipError: the file cannot be written.
     """
-    path = Path(path)
-    extensions = Image.registered_extensions()
-    if path.suffix.lower() not in extensions:
-        raise UsageError(f"{path}: unknown image format {path.suffix!r}; use a name ending in .png or .jpg")
+    path = check_output_path(path)
     try:
         image.save(path)
     except OSError as error:

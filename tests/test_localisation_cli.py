@@ -90,6 +90,14 @@ def test_detect_out_has_picture_size(app, scene, tmp_path):
         assert written.size == (320, 256)
 
 
+def test_detect_says_when_nothing_found(app, scene):
+    path, _ = scene
+    result = run(app, "detect", path, "--labels", "purple triangle", "--model", "demo", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "no box scored at least 0.5" in result.stderr
+
+
 def test_detect_min_score_one_prints_nothing(app, scene):
     path, _ = scene
     result = run(app, "detect", path, "--labels", "red circle", "--model", "demo", "--device", "cpu", "--min-score", "1")
@@ -118,7 +126,9 @@ def test_help_states_cost_and_units(app):
         (["detect", "{scene}", "--labels", ""], 2, "no labels"),
         (["detect", "{scene}", "--labels", "red circle,,blue star"], 2, "empty label"),
         (["detect", "{scene}", "--labels", "red circle", "--min-score", "2"], 2, "minimum score"),
-        (["detect", "{scene}", "--labels", "red circle", "--out", "{tmp}/missing/boxes.png"], 1, "could not write"),
+        (["detect", "{scene}", "--labels", "red circle", "--out", "{tmp}/missing/boxes.png"], 2, "folder"),
+        # The output path is checked before the picture is even read.
+        (["locate", "{missing}", "a red circle", "--heatmap", "{tmp}/missing/map.png"], 2, "not found; create it"),
     ],
 )
 def test_user_errors_print_one_line(app, scene, tmp_path, arguments, exit_code, message):
@@ -171,8 +181,23 @@ def test_search_explain_writes_heatmaps(scene, tmp_path):
     with Image.open(outside / "01-scene.png") as image:
         assert image.size == (320, 256)
 
+    empty = invoke("search", "a blue star", "--index", str(index_dir), "--explain", "")
+    assert empty.returncode == 2
+    assert "--explain needs a folder" in empty.stderr
+
     inside = path.parent / "why"
     result = invoke("search", "a blue star", "-k", "1", "--index", str(index_dir), "--explain", str(inside))
     assert result.returncode == 0, result.stderr
     assert f"inside the indexed folder {path.parent}" in result.stderr
     assert (inside / "01-scene.png").is_file()
+
+
+def test_grid_alone_drops_larger_default_windows(app, scene):
+    path, _ = scene
+    result = run(app, "locate", path, "a red circle", "--grid", "4", "--model", "demo", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["map_size"] == [4, 5]
+
+    given = run(app, "locate", path, "a red circle", "--grid", "4", "--windows", "2,6", "--model", "demo", "--device", "cpu")
+    assert given.exit_code == 2
+    assert "larger than" in given.stderr
