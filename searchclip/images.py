@@ -88,7 +88,8 @@ def open_picture(
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image Pillow can read") from None
+        empty = data == b"" if data is not None else path.is_file() and path.stat().st_size == 0
+        raise ImageError(path, "empty file (0 bytes)" if empty else "not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         # Pillow reports truncated and corrupt data as OSError or SyntaxError.
         reason = str(error) or type(error).__name__

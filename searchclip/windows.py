@@ -99,6 +99,8 @@ def layout_windows(size: tuple[int, int], settings: WindowSettings) -> WindowLay
         UsageError: the picture has fewer pixels than cells along a side.
     """
     width, height = size
+    if min(width, height) < 1:
+        raise UsageError(f"picture of {width}x{height} pixels is empty; give a picture with at least one pixel")
     if min(width, height) < settings.grid:
         raise UsageError(
             f"picture of {width}x{height} pixels is smaller than the grid of {settings.grid} cells "

@@ -201,3 +201,18 @@ def test_grid_alone_drops_larger_default_windows(app, scene):
     given = run(app, "locate", path, "a red circle", "--grid", "4", "--windows", "2,6", "--model", "demo", "--device", "cpu")
     assert given.exit_code == 2
     assert "larger than" in given.stderr
+
+
+def test_empty_inputs_named(app, tmp_path):
+    empty_file = tmp_path / "empty.png"
+    empty_file.touch()
+    result = run(app, "locate", empty_file, "a red circle", "--model", "demo", "--device", "cpu")
+    assert result.exit_code == 1
+    assert "empty file (0 bytes)" in result.stderr
+
+    from searchclip.localisation import locate
+    from searchclip.model import load_model
+    from searchclip.errors import UsageError
+
+    with pytest.raises(UsageError, match="0x0 pixels is empty"):
+        locate(load_model("demo", "cpu"), Image.new("RGB", (0, 0)), "a red circle")
