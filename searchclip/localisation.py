@@ -123,18 +123,20 @@ def count_crops(width: int, height: int, settings: WindowSettings | None = None,
     """Return how many crops `locate` embeds for one picture of this size in pixels.
 
     That is the windows over the picture, with `refine` the windows over a
-    square region (the same count for any size of region) and one crop to
-    check the refined box, and one crop for the final box. When the refined
-    box does not match the query, refinement runs again in a larger region,
-    at most `REFINE_ATTEMPTS` times in all, which this count leaves out.
-    `detect` costs the windows over the picture, one crop per candidate (at
-    most `MAX_CANDIDATES_PER_LABEL` per label) and, with `refine`, the same
-    refinement plus one crop per detection.
+    square region (the same count for any size of region), and one crop for
+    the final box. When the refined box does not match the query,
+    refinement runs again in a larger region, at most `REFINE_ATTEMPTS`
+    times in all, which this count leaves out. `detect` costs the windows
+    over the picture, one crop per candidate (at most
+    `MAX_CANDIDATES_PER_LABEL` per label) and, with `refine`, the same
+    refinement and final crop per detection.
     """
     settings = settings or WindowSettings()
     square = REFINE_SETTINGS.grid * 8  # any square of at least `grid` pixels has the same layout
-    # One more crop checks that the refined box matches the query.
-    refinement = REFINE_SETTINGS.count_windows(square, square) + 1 if refine else 0
+    # The crop around the final box is embedded once: with refinement, to
+    # check that the refined box matches the query, and that same embedding
+    # gives the score.
+    refinement = REFINE_SETTINGS.count_windows(square, square) if refine else 0
     return settings.count_windows(width, height) + refinement + 1
 
 
@@ -206,10 +208,10 @@ def locate_embedding(
     fine = upsample(heatmap)
     box = region_box(peak_region(fine, threshold, floor=float(fine.min())), image.size)
     if refine:
-        box = _refine_boxes(model, image, [box], query[None], background_embeddings, batch_size)[0]
-
-    crop = embed_crops(model, image, np.array([square_around(box, image.size)]), batch_size)
-    return Localisation(box=box, score=float(crop[0] @ query), heatmap=heatmap, picture_size=image.size)
+        box, crop = _refine_boxes(model, image, [box], query[None], background_embeddings, batch_size)[0]
+    else:
+        crop = _embed_squares(model, image, [box], batch_size)[0]
+    return Localisation(box=box, score=float(crop @ query), heatmap=heatmap, picture_size=image.size)
 
 
 def detect(
@@ -277,10 +279,12 @@ def detect(
         return detections
 
     indices = [labels.index(detection.label) for detection in detections]
-    boxes = _refine_boxes(
+    refined = _refine_boxes(
         model, image, [detection.box for detection in detections], classes[indices], classes[len(labels) :], batch_size
     )
-    detections = _score_boxes(model, image, list(zip(indices, boxes)), labels, classes, batch_size)
+    boxes = [(index, box) for index, (box, _) in zip(indices, refined)]
+    crops = np.stack([crop for _, crop in refined])
+    detections = _score_boxes(model, image, boxes, labels, classes, batch_size, crops)
     return _suppress([detection for detection in detections if detection.score >= min_score], nms_iou)
 
 
@@ -350,8 +354,11 @@ def _refine_boxes(
     queries: np.ndarray,
     background_embeddings: np.ndarray | None,
     batch_size: int,
-) -> list[Box]:
-    """Locate each query again inside a square region around its box and return the new boxes.
+) -> list[tuple[Box, np.ndarray]]:
+    """Locate each query again inside a square region around its box.
+
+    Returns each new box with the embedding of the square crop around it,
+    which callers score instead of embedding that crop again.
 
     The region extends past the picture's edges where needed, padded with
     the colour of the picture's border. Without padding, every window around
@@ -369,14 +376,18 @@ def _refine_boxes(
     refined = []
     longest = max(image.size)
     for box, query in zip(boxes, queries):
-        best, best_probability = box, -1.0
+        best, best_probability = None, -1.0
         growth = REFINE_GROWTH
         for _ in range(REFINE_ATTEMPTS):
             region = _region_around(box, growth)
             candidate = _refine_in_region(model, image, region, query, background_embeddings, batch_size, box)
-            probability = _match_probability(model, image, candidate, query, background_embeddings, batch_size)
+            crop = _embed_squares(model, image, [candidate], batch_size)[0]
+            # Without background texts there is nothing to compare with, so every box matches.
+            probability = 1.0
+            if background_embeddings is not None:
+                probability = float(_query_probabilities(model, crop[None], query, background_embeddings)[0])
             if probability > best_probability:
-                best, best_probability = candidate, probability
+                best, best_probability = (candidate, crop), probability
             if probability >= 0.5 or region[2] - region[0] >= 2 * longest:
                 break
             growth *= 2
@@ -406,23 +417,9 @@ def _refine_in_region(
     return _clip_box((x0 + left, y0 + top, x1 + left, y1 + top), image.size, fallback)
 
 
-def _match_probability(
-    model: ClipModel,
-    image: Image.Image,
-    box: Box,
-    query: np.ndarray,
-    background_embeddings: np.ndarray | None,
-    batch_size: int,
-) -> float:
-    """Return the probability that the square crop around `box` shows the query rather than the background.
-
-    Without background texts there is nothing to compare with, so every box
-    matches. The crop is embedded anyway, so that the cost is the same.
-    """
-    embedding = embed_crops(model, image, np.array([square_around(box, image.size)]), batch_size)
-    if background_embeddings is None:
-        return 1.0
-    return float(_query_probabilities(model, embedding, query, background_embeddings)[0])
+def _embed_squares(model: ClipModel, image: Image.Image, boxes: Sequence[Box], batch_size: int) -> np.ndarray:
+    """Embed the square crop around each box, as CLIP preprocessing would otherwise cut elongated boxes."""
+    return embed_crops(model, image, np.array([square_around(box, image.size) for box in boxes]), batch_size)
 
 
 def _query_probabilities(
@@ -474,12 +471,17 @@ def _score_boxes(
     labels: list[str],
     classes: np.ndarray,
     batch_size: int,
+    crops: np.ndarray | None = None,
 ) -> list[Detection]:
-    """Classify the square crop around each (label index, box) among `classes` and keep the label's probability."""
+    """Classify the square crop around each (label index, box) among `classes` and keep the label's probability.
+
+    `crops` are the embeddings of those square crops when the caller has them already.
+    """
     if not boxes:
         return []
-    squares = np.array([square_around(box, image.size) for _, box in boxes])
-    probabilities = _softmax(model.logit_scale * embed_crops(model, image, squares, batch_size) @ classes.T)
+    if crops is None:
+        crops = _embed_squares(model, image, [box for _, box in boxes], batch_size)
+    probabilities = _softmax(model.logit_scale * crops @ classes.T)
     return [
         Detection(label=labels[index], box=box, score=float(probabilities[row, index]))
         for row, (index, box) in enumerate(boxes)

@@ -174,9 +174,9 @@ def test_crops_embedded_in_batches(model, scene, monkeypatch):
     region_windows = localisation.REFINE_SETTINGS.count_windows(96, 96)
     assert sum(batch_sizes) == count_crops(*image.size, settings)
     # Batches of 16 for the picture's windows, then for the refinement
-    # region's windows, then one crop to check the refined box and one for
-    # the final box.
-    assert len(batch_sizes) == math.ceil(picture_windows / 16) + math.ceil(region_windows / 16) + 2
+    # region's windows, then one crop for the final box, which both checks
+    # the refined box and gives the score.
+    assert len(batch_sizes) == math.ceil(picture_windows / 16) + math.ceil(region_windows / 16) + 1
     assert max(batch_sizes) == 16
 
 
@@ -187,7 +187,7 @@ def test_count_crops_counts_windows():
     # a 12 x 12 grid fit 11x11, 10x10, ... 1x1 times.
     assert settings.grid_shape(320, 256) == (8, 10)
     assert count_crops(320, 256, settings, refine=False) == 63 + 48 + 35 + 24 + 1
-    refinement = sum(side * side for side in range(1, 12)) + 1
+    refinement = sum(side * side for side in range(1, 12))
     assert count_crops(320, 256, settings) == 63 + 48 + 35 + 24 + refinement + 1
 
 
