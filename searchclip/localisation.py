@@ -133,9 +133,8 @@ def count_crops(width: int, height: int, settings: WindowSettings | None = None,
     """
     settings = settings or WindowSettings()
     square = REFINE_SETTINGS.grid * 8  # any square of at least `grid` pixels has the same layout
-    # The crop around the final box is embedded once: with refinement, to
-    # check that the refined box matches the query, and that same embedding
-    # gives the score.
+    # The crop around the final box is embedded once. With refinement, that
+    # embedding checks the refined box and also gives the score.
     refinement = REFINE_SETTINGS.count_windows(square, square) if refine else 0
     return settings.count_windows(width, height) + refinement + 1
 
@@ -418,7 +417,10 @@ def _refine_in_region(
 
 
 def _embed_squares(model: ClipModel, image: Image.Image, boxes: Sequence[Box], batch_size: int) -> np.ndarray:
-    """Embed the square crop around each box, as CLIP preprocessing would otherwise cut elongated boxes."""
+    """Embed the square crop around each box.
+
+    CLIP preprocessing centre-crops to a square, which would cut off the ends of an elongated box.
+    """
     return embed_crops(model, image, np.array([square_around(box, image.size) for box in boxes]), batch_size)
 
 

@@ -164,11 +164,11 @@ def coverage_map(layout: WindowLayout, probabilities: np.ndarray) -> np.ndarray:
     """Return, for each cell, the share of the windows' weight that covers it, as a (rows, columns) float32 map.
 
     A window's weight is the probability that it shows the query, divided by
-    its area in cells. A window trained to match only when it contains the
-    whole object matches wherever it lies around the object, so the cells
-    inside the object are covered by nearly all the weight and the cells
-    around it by less, the further out the less. Dividing by the area keeps
-    the many large windows from outweighing the few tight ones.
+    its area in cells. A model that matches a window only when it contains
+    the whole object matches it wherever the object lies inside it. So the
+    cells inside the object are covered by nearly all the weight, and cells
+    further out by less. Dividing by the area keeps the many large windows
+    from outweighing the few tight ones.
     """
     weights = np.asarray(probabilities, dtype=np.float64) / layout.sizes.astype(np.float64) ** 2
     covered = np.zeros((layout.rows, layout.columns))

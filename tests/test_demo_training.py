@@ -71,8 +71,10 @@ def test_part_window_cuts_through_object():
             continue
         found += 1
         assert window[2] - window[0] == window[3] - window[1]
-        assert 0 <= window[0] and window[2] <= image.width
-        assert 0 <= window[1] and window[3] <= image.height
+        assert window[0] >= 0
+        assert window[1] >= 0
+        assert window[2] <= image.width
+        assert window[3] <= image.height
         inside = dataset._inside_fraction(boxes[0], window)
         assert dataset.MAX_SLIVER < inside <= dataset.MAX_PART
         for box in boxes[1:]:

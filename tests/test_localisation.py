@@ -135,8 +135,8 @@ def test_locate_result_in_picture_coordinates(model, scene):
 def test_locate_applies_exif_orientation(model, scene, tmp_path):
     image, objects = scene
     target = objects[0]
-    # Orientation 6 tells viewers to turn the stored pixels 90 degrees
-    # clockwise, so the stored pixels are the upright scene turned the other way.
+    # Orientation 6 means the stored pixels must turn 90 degrees clockwise to
+    # be upright, so the stored pixels are the upright scene turned the other way.
     exif = Image.Exif()
     exif[0x0112] = 6
     path = tmp_path / "turned.jpg"
@@ -299,7 +299,7 @@ def _matching_object(detection: Detection, objects, matched: set[int]) -> int | 
 
 
 def test_other_clip_models_work(tiny_model, scene):
-    """A CLIP of another input size and dimension runs the same code; its random answers only need to be well formed."""
+    """A CLIP of another input size and dimension runs the same code; its random results only need to be well formed."""
     other = load_model(tiny_model, "cpu")
     image, _ = scene
     result = locate(other, image, "a red circle")

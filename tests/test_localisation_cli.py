@@ -198,9 +198,9 @@ def test_grid_alone_drops_larger_default_windows(app, scene):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["map_size"] == [4, 5]
 
-    given = run(app, "locate", path, "a red circle", "--grid", "4", "--windows", "2,6", "--model", "demo", "--device", "cpu")
-    assert given.exit_code == 2
-    assert "larger than" in given.stderr
+    explicit = run(app, "locate", path, "a red circle", "--grid", "4", "--windows", "2,6", "--model", "demo", "--device", "cpu")
+    assert explicit.exit_code == 2
+    assert "larger than" in explicit.stderr
 
 
 def test_empty_inputs_named(app, tmp_path):
